@@ -1,0 +1,57 @@
+"""Choosing a device and seeding, the same way in every notebook."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+DEVICE_ENV_VAR = "MEDSEG_DEVICE"
+
+
+def get_device(preferred: str | None = None) -> torch.device:
+    """Return the best available device: CUDA, then Apple MPS, then CPU.
+
+    Args:
+        preferred: ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"`` to force a choice.
+            Defaults to the ``MEDSEG_DEVICE`` environment variable, then automatic.
+
+    Raises:
+        RuntimeError: if the requested device is not available on this machine.
+    """
+    preferred = preferred or os.environ.get(DEVICE_ENV_VAR) or None
+    if preferred:
+        device = torch.device(preferred)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"{preferred!r} requested but no CUDA device is available")
+        if device.type == "mps" and not _mps_available():
+            raise RuntimeError(f"{preferred!r} requested but Apple MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (all devices).
+
+    Args:
+        seed: the seed.
+        deterministic: also ask cuDNN and PyTorch for deterministic kernels (slower;
+            some operations then raise if they have no deterministic version).
+    """
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds legacy global-state code (e.g. albumentations)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
