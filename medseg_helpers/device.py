@@ -55,3 +55,23 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def describe_environment() -> dict[str, str]:
+    """Versions of Python and the course's main libraries, and the chosen device.
+
+    Returns:
+        ``{name: version}``; a library that is not installed shows ``"not installed"``.
+    """
+    import importlib.metadata
+    import platform
+
+    info = {"python": platform.python_version(), "platform": platform.platform(terse=True)}
+    for package in ("torch", "monai", "albumentations", "SimpleITK", "nibabel", "numpy"):
+        try:
+            info[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            info[package] = "not installed"
+    info["device"] = str(get_device())
+    info["cpu threads"] = str(torch.get_num_threads())
+    return info

@@ -1,0 +1,149 @@
+"""Notebook hygiene: the conventions every course notebook keeps, checked and fixed.
+
+Conventions (DEVELOPERS.md, COURSE_DESIGN.md §5):
+
+* outputs stripped and execution counts cleared, except in code cells marked
+  ``# NBVAL_CHECK_OUTPUT`` (their small deterministic outputs are checked by nbval);
+* the first code cell is the guarded Colab bootstrap;
+* exactly one cell tagged ``parameters``, which reads ``MEDSEG_PROFILE`` defaults;
+* no ``cuda`` literal (use ``get_device()``), no absolute paths, no ``pip install``
+  outside the bootstrap;
+* a title, "You will learn", "Exercises" and "Summary" headings;
+* the ``python3`` kernel, and no saved widget state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg_helpers.fileutil import write_text_atomic
+
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+BOOTSTRAP_MARKER = "google.colab"
+REQUIRED_HEADINGS = ("You will learn", "Exercises", "Summary")
+_PROFILE_READERS = ("MEDSEG_PROFILE", "profile_defaults")
+_ABSOLUTE_PATH = re.compile(
+    r"""["'](?:/(?:home|Users|root|work|tmp|mnt|content|data)\b|[A-Za-z]:\\)"""
+)
+_CUDA_LITERAL = re.compile(r"""["']cuda(?::\d+)?["']|\.cuda\(""")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One convention a notebook breaks."""
+
+    notebook: str
+    cell: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" cell {self.cell}" if self.cell is not None else ""
+        return f"{self.notebook}{where}: {self.message}"
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _tags(cell: dict) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def _is_checked(cell: dict) -> bool:
+    return cell.get("cell_type") == "code" and CHECK_MARKER in _source(cell)
+
+
+def check_notebook(path: str | os.PathLike) -> list[Problem]:
+    """Return every convention ``path`` breaks (empty list = clean)."""
+    path = Path(path)
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return [Problem(path.name, None, f"cannot be read as JSON: {exc}")]
+    messages = _check_metadata(nb) + _check_code_cells(nb) + _check_structure(nb)
+    return [Problem(path.name, cell, message) for cell, message in messages]
+
+
+def _check_metadata(nb: dict) -> list[tuple[int | None, str]]:
+    found = []
+    if nb.get("nbformat") != 4:
+        found.append((None, "nbformat must be 4"))
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        found.append((None, f"kernelspec name is {kernel!r}, expected 'python3'"))
+    if "widgets" in nb.get("metadata", {}):
+        found.append((None, "saved widget state in metadata; strip it"))
+    return found
+
+
+def _check_code_cells(nb: dict) -> list[tuple[int | None, str]]:
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        checked, src = _is_checked(cell), _source(cell)
+        if cell.get("outputs") and not checked:
+            found.append((i, f"has outputs but no '{CHECK_MARKER}' marker"))
+        if cell.get("execution_count") is not None and not checked:
+            found.append((i, "execution_count is set; strip outputs"))
+        if _CUDA_LITERAL.search(src):
+            found.append((i, "hard-coded CUDA device; use get_device()"))
+        if _ABSOLUTE_PATH.search(src):
+            found.append((i, "absolute path; use DATA_DIR / RUN_DIR"))
+        if ("pip install" in src or "%pip" in src) and BOOTSTRAP_MARKER not in src:
+            found.append((i, "pip install outside the guarded Colab bootstrap"))
+    return found
+
+
+def _check_structure(nb: dict) -> list[tuple[int | None, str]]:
+    found: list[tuple[int | None, str]] = []
+    cells = nb.get("cells", [])
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    if not code or BOOTSTRAP_MARKER not in _source(code[0]):
+        found.append((None, "first code cell must be the Colab bootstrap"))
+    tagged = [i for i, c in enumerate(cells) if "parameters" in _tags(c)]
+    if len(tagged) != 1:
+        found.append((None, f"needs exactly one 'parameters' cell, has {len(tagged)}"))
+    elif not any(key in _source(cells[tagged[0]]) for key in _PROFILE_READERS):
+        found.append((tagged[0], "parameters cell must read the profile defaults"))
+    first = cells[0] if cells else {}
+    if first.get("cell_type") != "markdown" or not _source(first).startswith("# "):
+        found.append((0, "first cell must be a Markdown title ('# ...')"))
+    markdown = "\n".join(_source(c) for c in cells if c.get("cell_type") == "markdown")
+    for heading in REQUIRED_HEADINGS:
+        if not re.search(rf"^#+ .*{re.escape(heading)}", markdown, flags=re.M | re.I):
+            found.append((None, f"missing a '{heading}' heading"))
+    return found
+
+
+def strip_notebook(path: str | os.PathLike, check_only: bool = False) -> bool:
+    """Strip outputs (keeping ``NBVAL_CHECK_OUTPUT`` cells) and widget state.
+
+    Args:
+        path: the notebook.
+        check_only: report whether stripping would change the file, without writing.
+
+    Returns:
+        True if the file changed (or would change, with ``check_only``).
+    """
+    path = Path(path)
+    original = path.read_text(encoding="utf-8")
+    nb = json.loads(original)
+    nb.get("metadata", {}).pop("widgets", None)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        cell.setdefault("metadata", {}).pop("execution", None)
+        if not _is_checked(cell):
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    stripped = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    changed = stripped != original
+    if changed and not check_only:
+        write_text_atomic(path, stripped)
+    return changed

@@ -1,0 +1,96 @@
+"""`course check` enforces the notebook conventions; `course strip` fixes outputs."""
+
+import json
+
+import nbformat
+import pytest
+
+from medseg_helpers.cli import main
+from medseg_helpers.nbhygiene import check_notebook, strip_notebook
+
+BOOTSTRAP = "import sys\nif 'google.colab' in sys.modules:\n    pass"
+PARAMETERS = "import os\nPROFILE = os.environ.get('MEDSEG_PROFILE', 'smoke')"
+
+
+def _clean_notebook() -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3", "display_name": "Python 3", "language": "python"
+    }  # fmt: skip
+    params = nbformat.v4.new_code_cell(PARAMETERS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 99 · Example\n\n## You will learn\n- things"),
+        nbformat.v4.new_code_cell(BOOTSTRAP),
+        params,
+        nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
+        nbformat.v4.new_markdown_cell("## Exercises\n1. try\n\n## Summary\n- done"),
+    ]
+    return nb
+
+
+def _write(tmp_path, nb) -> object:
+    path = tmp_path / "99_example.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_clean_notebook_passes(tmp_path):
+    assert check_notebook(_write(tmp_path, _clean_notebook())) == []
+
+
+def _add_code(nb, source):
+    nb.cells.insert(3, nbformat.v4.new_code_cell(source))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda nb: _add_code(nb, "x = torch.zeros(1).to('cuda')"), "hard-coded CUDA"),
+        (lambda nb: _add_code(nb, "model.cuda()"), "hard-coded CUDA"),
+        (lambda nb: _add_code(nb, "open('/home/me/data.nii')"), "absolute path"),
+        (lambda nb: _add_code(nb, "!pip install monai"), "pip install outside"),
+        (lambda nb: nb.cells.pop(1), "first code cell must be the Colab bootstrap"),
+        (lambda nb: nb.cells[2].metadata.pop("tags"), "exactly one 'parameters' cell, has 0"),
+        (lambda nb: nb.cells[4].update(source="## Summary"), "missing a 'Exercises' heading"),
+        (lambda nb: nb.metadata["kernelspec"].update(name="conda-env"), "kernelspec name"),
+        (lambda nb: nb.cells[0].update(source="Intro"), "Markdown title"),
+    ],
+)
+def test_each_broken_convention_is_reported(tmp_path, break_it, message):
+    nb = _clean_notebook()
+    break_it(nb)
+    problems = [str(p) for p in check_notebook(_write(tmp_path, nb))]
+    assert any(message in p for p in problems), problems
+
+
+def test_outputs_outside_checked_cells_are_reported_and_stripped(tmp_path):
+    nb = _clean_notebook()
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="leak")]
+    nb.cells[2].execution_count = 4
+    nb.cells[3].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    path = _write(tmp_path, nb)
+    assert any("has outputs" in str(p) for p in check_notebook(path))
+
+    assert strip_notebook(path, check_only=True) is True
+    assert strip_notebook(path) is True
+    stripped = json.loads(path.read_text())
+    assert stripped["cells"][2]["outputs"] == [] and stripped["cells"][2]["execution_count"] is None
+    assert "".join(stripped["cells"][3]["outputs"][0]["text"]) == "1\n"  # checked cell kept
+    assert check_notebook(path) == []
+    assert strip_notebook(path) is False  # idempotent
+
+
+def test_unreadable_notebook_is_a_problem_not_a_crash(tmp_path):
+    path = tmp_path / "00_broken.ipynb"
+    path.write_text("{not json")
+    [problem] = check_notebook(path)
+    assert "cannot be read as JSON" in str(problem)
+
+
+def test_course_check_cli_fails_on_problems(tmp_path, capsys):
+    nb = _clean_notebook()
+    _add_code(nb, "device = 'cuda'")
+    _write(tmp_path, nb)
+    assert main(["course", "check", "--notebook-dir", str(tmp_path)]) == 1
+    assert "1 problems" in capsys.readouterr().out
