@@ -18,6 +18,7 @@ export MEDSEG_RUN_DIR ?= $(CURDIR)/runs
 export MPLCONFIGDIR ?= $(MEDSEG_RUN_DIR)/.cache/matplotlib
 export XDG_CACHE_HOME ?= $(MEDSEG_RUN_DIR)/.cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export PYTHONUTF8 := 1
 
 .PHONY: setup course test lint check pytest nbtest strip lock clean
 

@@ -74,7 +74,7 @@ def test_outputs_outside_checked_cells_are_reported_and_stripped(tmp_path):
 
     assert strip_notebook(path, check_only=True) is True
     assert strip_notebook(path) is True
-    stripped = json.loads(path.read_text())
+    stripped = json.loads(path.read_text(encoding="utf-8"))
     assert stripped["cells"][2]["outputs"] == [] and stripped["cells"][2]["execution_count"] is None
     assert "".join(stripped["cells"][3]["outputs"][0]["text"]) == "1\n"  # checked cell kept
     assert check_notebook(path) == []
