@@ -1,0 +1,483 @@
+"""Preprocessing: intensity normalisation, resampling, foreground cropping, padding.
+
+Order used in the course (nnU-Net does the same): crop to the foreground, resample to
+a target spacing, normalise intensities, then augment (see `medseg_helpers.augment`).
+Normalise *before* intensity augmentation, so that augmentation strengths mean the same
+thing for every scan.
+
+Intensity functions take any numeric array (``(Z, Y, X)``, ``(H, W)``, ...) and return
+``float32``; they reject NaN/inf with a ``ValueError`` that counts them. Geometric
+functions take and return `Volume` objects, so spacing, origin and direction stay right:
+after a crop or a pad, every remaining voxel keeps its physical (LPS, mm) position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg_helpers.volume import Volume
+
+#: CT display windows as ``(width, level)`` in Hounsfield units (HU).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (400.0, 40.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+}
+
+
+def _as_float32(image: np.ndarray) -> np.ndarray:
+    """Return ``image`` as float32, raising ``ValueError`` if it holds NaN or inf."""
+    array = np.asarray(image)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"image must be numeric; got dtype {array.dtype}")
+    is_float = np.issubdtype(array.dtype, np.floating)
+    array = array.astype(np.float32, copy=False)
+    if not is_float:
+        return array
+    n_nan = int(np.count_nonzero(np.isnan(array)))
+    if n_nan:
+        raise ValueError(
+            f"image contains {n_nan} NaN voxel(s) of {array.size}; fill them first "
+            "(e.g. np.nan_to_num(image, nan=-1000.0) for CT air)"
+        )
+    n_inf = int(np.count_nonzero(np.isinf(array)))
+    if n_inf:
+        raise ValueError(f"image contains {n_inf} infinite voxel(s) of {array.size}")
+    return array
+
+
+def _check_percentiles(lower: float, upper: float) -> None:
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"need 0 <= lower < upper <= 100; got lower={lower}, upper={upper}")
+
+
+def _masked_values(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None:
+        return array
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != array.shape:
+        raise ValueError(f"mask shape {mask.shape} != image shape {array.shape}")
+    if not mask.any():
+        raise ValueError("mask selects no voxels")
+    return array[mask]
+
+
+def apply_ct_window(
+    image: np.ndarray,
+    preset: str | None = None,
+    *,
+    width_hu: float | None = None,
+    level_hu: float | None = None,
+) -> np.ndarray:
+    """Map a CT window (width/level, HU) linearly to [0, 1], clipping outside it.
+
+    ``out = clip((image - (level - width / 2)) / width, 0, 1)``. Soft tissue (W400/L40)
+    shows -160 HU as 0 and 240 HU as 1, so air (-1000) and bone (700) saturate. This is
+    the continuous form used by most training pipelines, not DICOM's display formula.
+
+    Args:
+        image: any shape, CT in HU (integer or float).
+        preset: a key of `WINDOW_PRESETS` ("soft_tissue", "lung", "bone", "brain").
+        width_hu: window width, HU, > 0 (instead of ``preset``, with ``level_hu``).
+        level_hu: window centre, HU.
+
+    Returns:
+        Same shape, float32 in [0, 1].
+
+    Raises:
+        ValueError: unknown preset, both or neither of preset and width/level given,
+            width <= 0, or NaN/inf in ``image``.
+    """
+    if preset is not None:
+        if width_hu is not None or level_hu is not None:
+            raise ValueError("give either preset or width_hu/level_hu, not both")
+        if preset not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window preset {preset!r}; known: {sorted(WINDOW_PRESETS)}")
+        width_hu, level_hu = WINDOW_PRESETS[preset]
+    elif width_hu is None or level_hu is None:
+        raise ValueError("give a preset or both width_hu and level_hu")
+    if width_hu <= 0:
+        raise ValueError(f"width_hu must be > 0; got {width_hu}")
+    array = _as_float32(image)
+    low = np.float32(level_hu - width_hu / 2.0)
+    out = (array - low) / np.float32(width_hu)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def normalise_zscore(
+    image: np.ndarray, mask: np.ndarray | None = None, eps: float = 1e-8
+) -> np.ndarray:
+    """Subtract the mean and divide by the standard deviation (computed inside ``mask``).
+
+    With a foreground mask (e.g. ``mask = ct > -500`` for the body, or ``mr > 0``), the
+    large air/background region does not dominate the statistics. Every voxel is
+    normalised with the in-mask statistics. A constant image (std < ``eps``) gives
+    ``image - mean`` (zeros where the value equals the mean), never NaN.
+
+    Args:
+        image: any shape, any numeric dtype (MR arbitrary units, CT in HU).
+        mask: optional, same shape, bool; voxels used for the mean and std.
+        eps: standard deviations below this are treated as zero range.
+
+    Returns:
+        Same shape, float32; mean ~0 and std ~1 inside the mask.
+
+    Raises:
+        ValueError: NaN/inf in ``image``, mask shape differs, or mask is empty.
+    """
+    array = _as_float32(image)
+    values = _masked_values(array, mask)
+    mean = float(values.mean(dtype=np.float64))
+    std = float(values.std(dtype=np.float64))
+    scale = std if std >= eps else 1.0
+    return ((array - np.float32(mean)) / np.float32(scale)).astype(np.float32, copy=False)
+
+
+def clip_percentiles(
+    image: np.ndarray,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Clip intensities to the ``[lower, upper]`` percentiles (computed inside ``mask``).
+
+    Removes outliers (metal in CT, bright vessels in MR) before z-score or min-max.
+    Values keep their units (HU stay HU).
+
+    Args:
+        image: any shape, any numeric dtype.
+        lower: lower percentile in [0, 100).
+        upper: upper percentile in (lower, 100].
+        mask: optional, same shape, bool; voxels used to compute the percentiles.
+
+    Returns:
+        Same shape, float32, in ``[p_lower, p_upper]``.
+
+    Raises:
+        ValueError: bad percentiles, NaN/inf in ``image``, mask shape differs or empty.
+    """
+    _check_percentiles(lower, upper)
+    array = _as_float32(image)
+    low, high = np.percentile(_masked_values(array, mask), [lower, upper])
+    return np.clip(array, np.float32(low), np.float32(high))
+
+
+def normalise_minmax(
+    image: np.ndarray, lower_percentile: float = 0.5, upper_percentile: float = 99.5
+) -> np.ndarray:
+    """Robust min-max: map the ``[lower, upper]`` percentiles to [0, 1], clipping outside.
+
+    With percentiles ``(0, 100)`` this is plain min-max. If the two percentiles are
+    equal (a constant image, or one dominated by a single value) the result is all
+    zeros: no division by zero, no NaN, no warning.
+
+    Args:
+        image: any shape, any numeric dtype.
+        lower_percentile: in [0, 100).
+        upper_percentile: in (lower_percentile, 100].
+
+    Returns:
+        Same shape, float32 in [0, 1].
+
+    Raises:
+        ValueError: bad percentiles or NaN/inf in ``image``.
+    """
+    _check_percentiles(lower_percentile, upper_percentile)
+    array = _as_float32(image)
+    low, high = (float(v) for v in np.percentile(array, [lower_percentile, upper_percentile]))
+    if high - low <= 0.0:
+        return np.zeros_like(array)
+    out = (array - np.float32(low)) / np.float32(high - low)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def naive_max_normalise(image: np.ndarray) -> np.ndarray:
+    """The seed outline's ``image / np.max(image)``, kept only to show how it fails.
+
+    Do not use it. It divides by zero on an empty (all-zero) image, giving NaN with a
+    numpy ``RuntimeWarning``; on CT (air -1000 HU, bone/metal up to 3000 HU) it maps
+    values to roughly [-1, 1], and a single metal voxel squeezes soft tissue into a
+    tiny band. Use `apply_ct_window`, `normalise_zscore` or `normalise_minmax` instead.
+
+    Args:
+        image: any shape, any numeric dtype.
+
+    Returns:
+        ``image.astype(float32) / max(image)``: NaN or inf when the maximum is 0.
+    """
+    return np.asarray(image).astype(np.float32) / np.max(image)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _index_to_physical(volume: Volume, index_zyx: np.ndarray) -> tuple[float, float, float]:
+    """LPS position (mm) of a (possibly negative or fractional) array index ``(z, y, x)``."""
+    index_xyz = np.asarray(index_zyx, dtype=np.float64)[::-1]
+    spacing_xyz = np.asarray(volume.spacing_mm[::-1])
+    point = np.asarray(volume.origin_mm) + volume.direction @ (spacing_xyz * index_xyz)
+    return tuple(float(v) for v in point)  # type: ignore[return-value]
+
+
+def resample_to_spacing(
+    volume: Volume,
+    spacing_mm: tuple[float, float, float],
+    *,
+    is_label: bool = False,
+    interpolator: str = "linear",
+    default_value: float | None = None,
+) -> Volume:
+    """Resample onto a grid with a new spacing, same origin and direction (SimpleITK).
+
+    The new size is ``round(old_size * old_spacing / new_spacing)`` per axis (at least 1),
+    so the grid covers the same extent; voxel ``[0, 0, 0]`` stays at ``origin_mm``.
+
+    Args:
+        volume: image ``(Z, Y, X)`` or ``(C, Z, Y, X)``, or a label ``(Z, Y, X)``.
+        spacing_mm: target ``(sz, sy, sx)`` in mm, array-axis order like `Volume`.
+        is_label: nearest-neighbour interpolation, dtype kept, values stay in their set.
+        interpolator: for images, "linear" or "bspline" (cubic; can overshoot the
+            input range). Ignored when ``is_label``.
+        default_value: value for points outside the input; default 0 for labels and the
+            image minimum for images (air for CT).
+
+    Returns:
+        A new `Volume`: images as float32, labels with the input dtype.
+
+    Raises:
+        ValueError: bad spacing, unknown interpolator, or a 4D label.
+    """
+    spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing_mm must be three positive numbers; got {spacing_mm}")
+    interpolators = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
+    if is_label:
+        if volume.array.ndim != 3:
+            raise ValueError(f"a label must be (Z, Y, X); got shape {volume.array.shape}")
+        method = sitk.sitkNearestNeighbor
+    elif interpolator in interpolators:
+        method = interpolators[interpolator]
+    else:
+        raise ValueError(
+            f"interpolator must be one of {sorted(interpolators)}; got {interpolator!r}"
+        )
+    if default_value is None:
+        default_value = 0.0 if is_label else float(np.min(volume.array))
+    source = volume if is_label else replace(volume, array=volume.array.astype(np.float32))
+    new_size_zyx = [
+        max(1, int(np.floor(n * s_old / s_new + 0.5)))
+        for n, s_old, s_new in zip(volume.spatial_shape, volume.spacing_mm, spacing, strict=True)
+    ]
+    image = source.to_sitk()
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize(new_size_zyx[::-1])
+    resampler.SetOutputSpacing(spacing[::-1])
+    resampler.SetOutputOrigin(image.GetOrigin())
+    resampler.SetOutputDirection(image.GetDirection())
+    resampler.SetInterpolator(method)
+    resampler.SetDefaultPixelValue(default_value)
+    resampler.SetOutputPixelType(image.GetPixelID())
+    return Volume.from_sitk(resampler.Execute(image))
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop ``array[..., start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]``.
+
+    Attributes:
+        start: first kept index per spatial axis ``(z, y, x)``.
+        stop: one past the last kept index ``(z, y, x)``.
+        source_shape: spatial shape ``(Z, Y, X)`` before cropping (to undo it).
+
+    Fields are stored as tuples of int, so ``dataclasses.asdict`` gives a JSON record.
+    """
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    source_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("start", "stop", "source_shape"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """Spatial slices; index an array with ``array[(..., *box.slices)]``."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+
+
+@dataclass(frozen=True)
+class PadWidths:
+    """Voxels added before and after each spatial axis ``(z, y, x)`` (tuples of int)."""
+
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("before", "after"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+
+def _check_pair(image: Volume, label: Volume | None) -> None:
+    if label is not None and not image.same_geometry(label):
+        raise ValueError(
+            f"image and label geometry differ: shapes {image.spatial_shape} vs "
+            f"{label.spatial_shape}, spacing {image.spacing_mm} vs {label.spacing_mm}, "
+            f"origin {image.origin_mm} vs {label.origin_mm}"
+        )
+
+
+def compute_foreground_box(mask: np.ndarray, margin: int | tuple[int, int, int] = 0) -> CropBox:
+    """Bounding box of the nonzero voxels of ``mask``, grown by ``margin``, clipped to it.
+
+    Args:
+        mask: ``(Z, Y, X)``; nonzero means foreground.
+        margin: voxels added on each side, one int or one per axis ``(z, y, x)``.
+
+    Returns:
+        The `CropBox`.
+
+    Raises:
+        ValueError: if ``mask`` is not 3D or has no nonzero voxel.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (Z, Y, X); got shape {mask.shape}")
+    coords = np.argwhere(mask)
+    if coords.size == 0:
+        raise ValueError("mask has no foreground voxels; nothing to crop to")
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (3,))
+    start = np.maximum(coords.min(axis=0) - margins, 0)
+    stop = np.minimum(coords.max(axis=0) + 1 + margins, mask.shape)
+    return CropBox(start, stop, mask.shape)
+
+
+def apply_crop(volume: Volume, box: CropBox) -> Volume:
+    """Crop a `Volume` to ``box``; the origin moves so voxels keep their physical position.
+
+    Raises:
+        ValueError: if the volume's spatial shape is not ``box.source_shape``.
+    """
+    if volume.spatial_shape != tuple(box.source_shape):
+        raise ValueError(f"volume shape {volume.spatial_shape} != box source {box.source_shape}")
+    return Volume(
+        np.ascontiguousarray(volume.array[(..., *box.slices)]),
+        volume.spacing_mm,
+        _index_to_physical(volume, np.asarray(box.start)),
+        volume.direction,
+    )
+
+
+def crop_to_foreground(
+    image: Volume,
+    label: Volume | None = None,
+    *,
+    margin: int | tuple[int, int, int] = 0,
+    mask: np.ndarray | None = None,
+) -> tuple[Volume, Volume | None, CropBox]:
+    """Crop image (and label) jointly to the bounding box of the foreground.
+
+    Args:
+        image: ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+        label: optional ``(Z, Y, X)`` with the image's geometry.
+        margin: voxels kept around the foreground, per side.
+        mask: ``(Z, Y, X)`` foreground; default: voxels where any image channel is
+            nonzero. For raw CT pass e.g. ``ct.array > -500`` (body, not air).
+
+    Returns:
+        ``(image, label or None, box)``; undo with `undo_crop`.
+
+    Raises:
+        ValueError: geometry mismatch or empty foreground.
+    """
+    _check_pair(image, label)
+    if mask is None:
+        mask = image.array != 0 if image.array.ndim == 3 else np.any(image.array != 0, axis=0)
+    box = compute_foreground_box(mask, margin)
+    cropped_label = None if label is None else apply_crop(label, box)
+    return apply_crop(image, box), cropped_label, box
+
+
+def undo_crop(volume: Volume, box: CropBox, fill_value: float = 0) -> Volume:
+    """Put a cropped volume (e.g. a prediction) back into the uncropped grid.
+
+    Args:
+        volume: the crop, spatial shape ``box.stop - box.start``.
+        box: the `CropBox` returned by the crop.
+        fill_value: value outside the box (0 = background for labels).
+
+    Returns:
+        A `Volume` with spatial shape ``box.source_shape`` and the original origin.
+    """
+    before = np.asarray(box.start)
+    after = np.asarray(box.source_shape) - np.asarray(box.stop)
+    return _pad(volume, PadWidths(before, after), fill_value)
+
+
+def _pad(volume: Volume, pad: PadWidths, fill_value: float) -> Volume:
+    widths = [(0, 0)] * (volume.array.ndim - 3) + list(zip(pad.before, pad.after, strict=True))
+    array = np.pad(volume.array, widths, mode="constant", constant_values=fill_value)
+    origin = _index_to_physical(volume, -np.asarray(pad.before))
+    return Volume(array, volume.spacing_mm, origin, volume.direction)
+
+
+def pad_to_shape(
+    image: Volume,
+    label: Volume | None = None,
+    *,
+    shape: tuple[int, int, int],
+    image_fill: float | None = None,
+    label_fill: int = 0,
+) -> tuple[Volume, Volume | None, PadWidths]:
+    """Pad image (and label) jointly, centred, to at least ``shape``; never crops.
+
+    Args:
+        image: ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+        label: optional ``(Z, Y, X)`` with the image's geometry.
+        shape: minimum spatial shape ``(Z, Y, X)``; axes already larger are unchanged.
+        image_fill: value added to the image; default its minimum (air for raw CT,
+            0 for a [0, 1] image).
+        label_fill: value added to the label (0 = background).
+
+    Returns:
+        ``(image, label or None, pad)``; undo with `undo_pad`.
+    """
+    _check_pair(image, label)
+    missing = np.maximum(np.asarray(shape, dtype=int) - np.asarray(image.spatial_shape), 0)
+    before = missing // 2
+    pad = PadWidths(before, missing - before)
+    fill = float(np.min(image.array)) if image_fill is None else image_fill
+    padded_label = None if label is None else _pad(label, pad, label_fill)
+    return _pad(image, pad, fill), padded_label, pad
+
+
+def pad_to_multiple(
+    image: Volume,
+    label: Volume | None = None,
+    *,
+    multiple: int | tuple[int, int, int] = 16,
+    image_fill: float | None = None,
+    label_fill: int = 0,
+) -> tuple[Volume, Volume | None, PadWidths]:
+    """Pad so each spatial size is a multiple of ``multiple`` (e.g. 2**depth for a U-Net).
+
+    Same arguments and returns as `pad_to_shape`, with the target shape
+    ``ceil(shape / multiple) * multiple``.
+    """
+    multiples = np.broadcast_to(np.asarray(multiple, dtype=int), (3,))
+    if np.any(multiples < 1):
+        raise ValueError(f"multiple must be >= 1; got {multiple}")
+    target = -(-np.asarray(image.spatial_shape) // multiples) * multiples
+    return pad_to_shape(
+        image, label, shape=tuple(map(int, target)), image_fill=image_fill, label_fill=label_fill
+    )
+
+
+def undo_pad(volume: Volume, pad: PadWidths) -> Volume:
+    """Remove the padding described by ``pad`` (e.g. from a prediction); origin restored."""
+    stop = np.asarray(volume.spatial_shape) - np.asarray(pad.after)
+    return apply_crop(volume, CropBox(pad.before, stop, volume.spatial_shape))

@@ -1,0 +1,293 @@
+"""Tests for medseg_helpers.preprocess: intensity normalisation, resampling, crop and pad."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg_helpers import preprocess as pp
+from medseg_helpers.volume import Volume
+
+CT_VALUES = np.array([-1000, -160, 0, 40, 240, 1000], dtype=np.int16)
+
+
+def _rotation_z(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture
+def ct_volume() -> Volume:
+    """(10, 20, 30) CT-like volume: air, a soft-tissue box, a bone voxel; oblique geometry."""
+    array = np.full((10, 20, 30), -1000, dtype=np.int16)
+    array[2:8, 5:15, 8:22] = 40
+    array[4, 10, 12] = 700
+    return Volume(array, (3.0, 1.0, 0.8), (-12.5, 30.0, 7.0), _rotation_z(30))
+
+
+# ---------------------------------------------------------------------- intensity
+
+
+@pytest.mark.parametrize(
+    ("preset", "values", "expected"),
+    [
+        # soft tissue W400/L40: window [-160, 240]; 0 HU -> 160/400 = 0.4, 40 -> 0.5
+        ("soft_tissue", [-1000, -160, 0, 40, 240, 1000], [0, 0, 0.4, 0.5, 1, 1]),
+        # lung W1500/L-600: window [-1350, 150]; -1000 -> 350/1500, 0 -> 1350/1500 = 0.9
+        ("lung", [-2000, -1000, -600, 0, 150], [0, 350 / 1500, 0.5, 0.9, 1]),
+        # bone W1800/L400: window [-500, 1300]; 700 -> 1200/1800
+        ("bone", [-500, 400, 700, 3000], [0, 0.5, 1200 / 1800, 1]),
+        # brain W80/L40: window [0, 80]; 20 -> 0.25
+        ("brain", [-10, 0, 20, 40, 100], [0, 0, 0.25, 0.5, 1]),
+    ],
+)
+def test_window_presets_by_hand(preset, values, expected):
+    out = pp.apply_ct_window(np.array(values, dtype=np.int16), preset)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_window_explicit_width_level_matches_preset():
+    by_preset = pp.apply_ct_window(CT_VALUES, "soft_tissue")
+    by_numbers = pp.apply_ct_window(CT_VALUES, width_hu=400, level_hu=40)
+    np.testing.assert_array_equal(by_preset, by_numbers)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"preset": "liver"}, "unknown window preset"),
+        ({"preset": "lung", "width_hu": 10}, "not both"),
+        ({"width_hu": 400}, "both width_hu and level_hu"),
+        ({"width_hu": 0, "level_hu": 40}, "width_hu must be > 0"),
+    ],
+)
+def test_window_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pp.apply_ct_window(CT_VALUES, **kwargs)
+
+
+def test_zscore_by_hand():
+    # [1, 2, 3, 4]: mean 2.5, std sqrt(1.25) = 1.1180 -> [-1.342, -0.447, 0.447, 1.342]
+    out = pp.normalise_zscore(np.array([1, 2, 3, 4], dtype=np.uint8))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.array([-1.5, -0.5, 0.5, 1.5]) / np.sqrt(1.25), rtol=1e-6)
+
+
+def test_zscore_in_mask_has_zero_mean_unit_std(ct_volume):
+    rng = np.random.default_rng(0)
+    ct = ct_volume.array + rng.normal(0, 20, ct_volume.array.shape)
+    body = ct > -500
+    out = pp.normalise_zscore(ct, mask=body)
+    assert abs(out[body].mean()) < 1e-4
+    assert abs(out[body].std() - 1) < 1e-4
+    # air is far below the body mean, in the body's std units
+    assert out[~body].mean() < -5
+
+
+@pytest.mark.parametrize(
+    "normalise",
+    [pp.normalise_zscore, pp.normalise_minmax, lambda x: pp.normalise_minmax(x, 0, 100)],
+)
+def test_constant_image_gives_zeros_without_warning(normalise):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalise(np.full((4, 5, 6), 7, dtype=np.int32))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_minmax_by_hand():
+    # plain min-max: (x - 0) / (10 - 0)
+    out = pp.normalise_minmax(np.array([0, 5, 10]), 0, 100)
+    np.testing.assert_allclose(out, [0, 0.5, 1])
+
+
+def test_robust_minmax_ignores_one_metal_voxel():
+    ct = np.full(10_000, 40.0)
+    ct[:5000] = -1000.0
+    ct[0] = 3000.0  # metal: plain min-max would squeeze soft tissue to 1040/4000 = 0.26
+    assert pp.normalise_minmax(ct, 0, 100)[-1] == pytest.approx(0.26)
+    assert pp.normalise_minmax(ct)[-1] == pytest.approx(1.0)
+
+
+def test_clip_percentiles_by_hand():
+    # percentiles of 0..100 are the values themselves
+    out = pp.clip_percentiles(np.arange(101), lower=10, upper=90)
+    assert out.min() == 10 and out.max() == 90 and out.dtype == np.float32
+
+
+def test_clip_percentiles_within_mask():
+    image = np.array([-1000, -1000, 0, 10, 20, 30, 40])
+    out = pp.clip_percentiles(image, 0, 100, mask=image > -500)
+    np.testing.assert_array_equal(out, [0, 0, 0, 10, 20, 30, 40])
+
+
+@pytest.mark.parametrize(
+    "normalise",
+    [
+        lambda x: pp.apply_ct_window(x, "lung"),
+        pp.normalise_zscore,
+        pp.normalise_minmax,
+        pp.clip_percentiles,
+    ],
+)
+def test_nan_raises_with_count(normalise):
+    image = np.zeros((3, 4), dtype=np.float32)
+    image[0, :2] = np.nan
+    with pytest.raises(ValueError, match="2 NaN"):
+        normalise(image)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x: pp.normalise_zscore(x, mask=np.zeros(x.shape, bool)), "no voxels"),
+        (lambda x: pp.normalise_zscore(x, mask=np.ones((2, 2), bool)), "mask shape"),
+        (lambda x: pp.clip_percentiles(x, 60, 40), "lower < upper"),
+        (lambda x: pp.normalise_zscore(np.array([1.0, np.inf])), "infinite"),
+    ],
+)
+def test_bad_inputs_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(np.ones((3, 4)))
+
+
+def test_naive_max_normalise_fails_as_documented(ct_volume):
+    out = pp.naive_max_normalise(ct_volume.array)
+    # max is the bone voxel (700): air maps to -1000/700 < -1, soft tissue to 40/700
+    assert out.min() == pytest.approx(-1000 / 700)
+    assert np.sort(np.unique(out))[1] == pytest.approx(40 / 700)
+    with pytest.warns(RuntimeWarning):
+        empty = pp.naive_max_normalise(np.zeros((4, 4)))
+    assert np.isnan(empty).all()
+
+
+# ---------------------------------------------------------------------- resampling
+
+
+def test_resample_geometry(ct_volume):
+    out = pp.resample_to_spacing(ct_volume, (1.5, 2.0, 2.0))
+    # new size = round(old_size * old_spacing / new_spacing): 10*3/1.5, 20*1/2, 30*0.8/2
+    assert out.spatial_shape == (20, 10, 12)
+    assert out.spacing_mm == (1.5, 2.0, 2.0)
+    assert out.origin_mm == ct_volume.origin_mm
+    np.testing.assert_allclose(out.direction, ct_volume.direction)
+    assert out.array.dtype == np.float32
+
+
+def test_linear_resampling_of_a_ramp_is_exact():
+    # value = z position in mm; linear interpolation reproduces it inside the grid
+    z_mm = np.arange(8, dtype=np.float32) * 4.0
+    volume = Volume(np.broadcast_to(z_mm[:, None, None], (8, 3, 3)).copy(), (4.0, 1.0, 1.0))
+    out = pp.resample_to_spacing(volume, (1.0, 1.0, 1.0))
+    assert out.spatial_shape == (32, 3, 3)
+    np.testing.assert_allclose(out.array[:29, 1, 1], np.arange(29), atol=1e-4)
+
+
+def test_label_resampling_keeps_values_and_dtype(ct_volume):
+    label = np.zeros(ct_volume.spatial_shape, dtype=np.uint8)
+    label[2:8, 5:15, 8:22] = 1
+    label[4:6, 8:12, 10:14] = 2
+    out = pp.resample_to_spacing(ct_volume.with_array(label), (1.1, 0.7, 0.9), is_label=True)
+    assert out.array.dtype == np.uint8
+    assert set(np.unique(out.array)) == {0, 1, 2}
+
+
+def test_resample_multichannel_and_bspline():
+    volume = Volume(np.random.default_rng(0).random((2, 6, 8, 8)).astype(np.float32))
+    out = pp.resample_to_spacing(volume, (0.5, 2.0, 2.0), interpolator="bspline")
+    assert out.array.shape == (2, 12, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"spacing_mm": (1.0, 0.0, 1.0)}, "positive"),
+        ({"spacing_mm": (1.0, 1.0, 1.0), "interpolator": "cubic"}, "interpolator"),
+    ],
+)
+def test_resample_bad_arguments_raise(ct_volume, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pp.resample_to_spacing(ct_volume, **kwargs)
+
+
+# ---------------------------------------------------------------------- crop and pad
+
+
+def _physical(volume: Volume, index_zyx) -> np.ndarray:
+    index_xyz = [int(i) for i in index_zyx[::-1]]
+    return np.array(volume.to_sitk().TransformIndexToPhysicalPoint(index_xyz))
+
+
+def test_crop_keeps_physical_positions_and_undoes(ct_volume):
+    label = ct_volume.with_array((ct_volume.array > 0).astype(np.uint8))
+    image, cropped_label, box = pp.crop_to_foreground(
+        ct_volume, label, margin=1, mask=ct_volume.array > -500
+    )
+    # box of the soft-tissue block [2:8, 5:15, 8:22] plus one voxel each side
+    assert box.start == (1, 4, 7) and box.stop == (9, 16, 23)
+    assert image.spatial_shape == cropped_label.spatial_shape == (8, 12, 16)
+    for index in [(0, 0, 0), (3, 5, 7), (7, 11, 15)]:
+        source_index = np.add(index, box.start)
+        np.testing.assert_allclose(_physical(image, index), _physical(ct_volume, source_index))
+        assert image.array[index] == ct_volume.array[tuple(source_index)]
+    restored = pp.undo_crop(image, box, fill_value=-1000)
+    assert restored.same_geometry(ct_volume, atol=1e-9)
+    np.testing.assert_array_equal(restored.array, ct_volume.array)
+
+
+def test_crop_default_mask_is_nonzero_voxels():
+    array = np.zeros((5, 6, 7), dtype=np.float32)
+    array[1, 2, 3] = 1.0
+    image, label, box = pp.crop_to_foreground(Volume(array))
+    assert label is None and image.spatial_shape == (1, 1, 1) and box.start == (1, 2, 3)
+
+
+def test_crop_errors(ct_volume):
+    with pytest.raises(ValueError, match="no foreground"):
+        pp.crop_to_foreground(ct_volume, mask=np.zeros(ct_volume.spatial_shape))
+    other = Volume(np.zeros((10, 20, 29)))
+    with pytest.raises(ValueError, match=r"\(10, 20, 30\) vs \(10, 20, 29\)"):
+        pp.crop_to_foreground(ct_volume, other)
+
+
+def test_pad_to_multiple_keeps_physical_positions_and_undoes(ct_volume):
+    label = ct_volume.with_array((ct_volume.array > 0).astype(np.uint8))
+    image, padded_label, pad = pp.pad_to_multiple(ct_volume, label, multiple=8)
+    # (10, 20, 30) -> (16, 24, 32); missing (6, 4, 2) split before/after as (3, 2, 1)
+    assert image.spatial_shape == padded_label.spatial_shape == (16, 24, 32)
+    assert pad.before == (3, 2, 1) and pad.after == (3, 2, 1)
+    np.testing.assert_allclose(_physical(image, pad.before), _physical(ct_volume, (0, 0, 0)))
+    assert image.array[0, 0, 0] == -1000  # default fill: image minimum (air)
+    assert padded_label.array[0, 0, 0] == 0
+    restored = pp.undo_pad(image, pad)
+    assert restored.same_geometry(ct_volume, atol=1e-9)
+    np.testing.assert_array_equal(restored.array, ct_volume.array)
+    np.testing.assert_array_equal(pp.undo_pad(padded_label, pad).array, label.array)
+
+
+def test_pad_to_shape_never_crops_and_handles_channels():
+    volume = Volume(np.ones((2, 4, 9, 5), dtype=np.float32))
+    image, _, pad = pp.pad_to_shape(volume, shape=(5, 6, 5), image_fill=0.0)
+    assert image.array.shape == (2, 5, 9, 5)
+    assert pad.before == (0, 0, 0) and pad.after == (1, 0, 0)
+
+
+def test_resampled_volume_roundtrips_through_sitk(ct_volume):
+    out = pp.resample_to_spacing(ct_volume, (2.0, 2.0, 2.0))
+    again = Volume.from_sitk(out.to_sitk())
+    assert again.same_geometry(out)
+    assert isinstance(out.to_sitk(), sitk.Image)
+
+
+def test_crop_box_and_pad_widths_survive_json(ct_volume):
+    _, _, box = pp.crop_to_foreground(ct_volume, mask=ct_volume.array > -500)
+    _, _, pad = pp.pad_to_multiple(ct_volume, multiple=16)
+    assert pp.CropBox(**json.loads(json.dumps(asdict(box)))) == box
+    assert pp.PadWidths(**json.loads(json.dumps(asdict(pad)))) == pad
