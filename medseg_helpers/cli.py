@@ -51,13 +51,14 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 
 def _course_run(args: argparse.Namespace) -> int:
+    from medseg_helpers.config import get_profile_name
     from medseg_helpers.course import format_summary_table, run_course
 
     def progress(result) -> None:
         detail = f" ({result.error})" if result.error else ""
         print(f"  {result.notebook}: {result.status} in {result.seconds:.1f} s{detail}", flush=True)
 
-    print(f"running the course, profile {args.profile}", flush=True)
+    print(f"running the course, profile {get_profile_name(args.profile)}", flush=True)
     results = run_course(
         profile=args.profile,
         out_dir=args.out,
@@ -113,6 +114,25 @@ def _course_strip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _course_bless(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from medseg_helpers.course import list_notebooks, run_course
+    from medseg_helpers.nbhygiene import copy_checked_outputs
+
+    with tempfile.TemporaryDirectory(prefix="medseg-bless-") as tmp:
+        results = run_course("smoke", tmp, notebooks=args.only, notebook_dir=args.notebook_dir)
+        failed = [r.notebook for r in results if r.status != "passed"]
+        if failed:
+            print(f"not refreshed, these notebooks failed: {', '.join(failed)}", file=sys.stderr)
+            return 1
+        for source in list_notebooks(args.notebook_dir):
+            executed = Path(tmp) / "notebooks" / source.name
+            if executed.exists():
+                print(f"{source.name}: {copy_checked_outputs(source, executed)} checked cells")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medseg`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
@@ -160,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = course.add_parser(name, help=text)
         sub.add_argument("--notebook-dir", default=None)
         sub.set_defaults(func=func)
+    bless = course.add_parser(
+        "bless", help="run notebooks (smoke) and store the outputs of NBVAL_CHECK_OUTPUT cells"
+    )
+    bless.add_argument("--only", nargs="+", default=None, help="notebook prefixes, e.g. 00 05")
+    bless.add_argument("--notebook-dir", default=None)
+    bless.set_defaults(func=_course_bless)
     return parser
 
 

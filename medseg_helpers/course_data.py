@@ -7,7 +7,6 @@ once, so each of them also runs on its own.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -33,8 +32,9 @@ def ensure_synthetic_dataset(
 ) -> Path:
     """Generate the synthetic dataset for a profile unless it is already complete.
 
-    A folder counts as complete when its ``dataset.json`` (written last) records the
-    same generator settings; otherwise it is generated again.
+    `synthetic.generate_dataset` writes nothing when the folder already holds the
+    same dataset (its ``dataset.json``, written last, records the settings), so
+    calling this at the top of every notebook costs milliseconds.
 
     Args:
         profile: sizes come from this profile (`profile_defaults`) unless overridden.
@@ -52,30 +52,13 @@ def ensure_synthetic_dataset(
 
     defaults = profile_defaults(profile)
     folder = Path(out_dir) if out_dir else synthetic_dataset_dir(profile, flavour, data_dir)
-    settings = {
-        "flavour": flavour,
-        "num_cases": num_cases or defaults.num_cases,
-        "shape": list(shape or defaults.volume_shape),
-        "seed": seed,
-    }
-    if _recorded_settings(folder) == settings:
-        return folder
-    generate_dataset(
+    return generate_dataset(
         folder,
         flavour=flavour,
-        num_cases=settings["num_cases"],
-        shape=tuple(settings["shape"]),
+        num_cases=num_cases or defaults.num_cases,
+        shape=tuple(shape or defaults.volume_shape),
         seed=seed,
     )
-    return folder
-
-
-def _recorded_settings(folder: Path) -> dict | None:
-    try:
-        meta = json.loads((folder / "dataset.json").read_text())["medseg_synthetic"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return {key: meta.get(key) for key in ("flavour", "num_cases", "shape", "seed")}
 
 
 def ensure_course_dataset(

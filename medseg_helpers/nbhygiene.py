@@ -147,3 +147,33 @@ def strip_notebook(path: str | os.PathLike, check_only: bool = False) -> bool:
     if changed and not check_only:
         write_text_atomic(path, stripped)
     return changed
+
+
+def copy_checked_outputs(source: str | os.PathLike, executed: str | os.PathLike) -> int:
+    """Copy the outputs of ``NBVAL_CHECK_OUTPUT`` cells from an executed copy into ``source``.
+
+    This is how checked outputs are refreshed after a change: execute the notebook
+    (smoke profile), then keep only the outputs nbval will compare. Cells are matched
+    by their id, so the executed copy must come from the current source.
+
+    Returns:
+        The number of checked cells whose outputs were copied.
+
+    Raises:
+        ValueError: if a checked cell of ``source`` is missing from ``executed``.
+    """
+    source = Path(source)
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    ran = {c.get("id"): c for c in json.loads(Path(executed).read_text(encoding="utf-8"))["cells"]}
+    copied = 0
+    for cell in nb["cells"]:
+        if not _is_checked(cell):
+            continue
+        if cell.get("id") not in ran:
+            raise ValueError(f"{source.name}: checked cell {cell.get('id')!r} not in {executed}")
+        cell["outputs"] = ran[cell["id"]].get("outputs", [])
+        cell["execution_count"] = ran[cell["id"]].get("execution_count")  # nbval needs it
+        copied += 1
+    write_text_atomic(source, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    strip_notebook(source)
+    return copied

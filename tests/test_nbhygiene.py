@@ -94,3 +94,22 @@ def test_course_check_cli_fails_on_problems(tmp_path, capsys):
     _write(tmp_path, nb)
     assert main(["course", "check", "--notebook-dir", str(tmp_path)]) == 1
     assert "1 problems" in capsys.readouterr().out
+
+
+def test_copy_checked_outputs_refreshes_only_checked_cells(tmp_path):
+    source = _write(tmp_path, _clean_notebook())
+    executed = _clean_notebook()
+    for cell, given in zip(executed.cells, nbformat.read(source, 4).cells, strict=True):
+        cell.id = given.id
+    executed.cells[2].outputs = [nbformat.v4.new_output("stream", text="not kept")]
+    executed.cells[3].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    executed.cells[3].execution_count = 3
+    nbformat.write(executed, tmp_path / "executed.ipynb")
+
+    from medseg_helpers.nbhygiene import copy_checked_outputs
+
+    assert copy_checked_outputs(source, tmp_path / "executed.ipynb") == 1
+    cells = json.loads(source.read_text(encoding="utf-8"))["cells"]
+    assert cells[2]["outputs"] == []
+    assert cells[3]["execution_count"] == 3  # nbval refuses checked outputs without it
+    assert check_notebook(source) == []
