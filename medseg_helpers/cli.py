@@ -186,7 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     bless.add_argument("--only", nargs="+", default=None, help="notebook prefixes, e.g. 00 05")
     bless.add_argument("--notebook-dir", default=None)
     bless.set_defaults(func=_course_bless)
+    _refuse_abbreviations(parser)
     return parser
+
+
+def _refuse_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """A mistyped flag (``--num-case``) must be an error, not a silent prefix match."""
+    parser.allow_abbrev = False
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for sub in action.choices.values():
+            _refuse_abbreviations(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
