@@ -45,12 +45,19 @@ import sys
 import time
 from pathlib import Path
 
-CASES = {"2d": {"dims": 2, "batch": 4, "size": (256, 256)},
-         "3d": {"dims": 3, "batch": 1, "size": (64, 64, 64)}}
-MODELS = {"2d": ["ours", "ours_bn", "monai_unet", "monai_basic_unet", "monai_unet_x2"],
-          "3d": ["ours", "ours_bn", "monai_unet", "monai_basic_unet"]}
-REFERENCES = {"monai_unet": "same widths", "monai_basic_unet": "same layout",
-              "monai_unet_x2": "2x widths"}
+CASES = {
+    "2d": {"dims": 2, "batch": 4, "size": (256, 256)},
+    "3d": {"dims": 3, "batch": 1, "size": (64, 64, 64)},
+}
+MODELS = {
+    "2d": ["ours", "ours_bn", "monai_unet", "monai_basic_unet", "monai_unet_x2"],
+    "3d": ["ours", "ours_bn", "monai_unet", "monai_basic_unet"],
+}
+REFERENCES = {
+    "monai_unet": "same widths",
+    "monai_basic_unet": "same layout",
+    "monai_unet_x2": "2x widths",
+}
 
 
 def build(name: str, dims: int):
@@ -102,27 +109,55 @@ def worker(name: str, case: str, steps: int, threads: int) -> dict:
     peak = _maxrss_mib() - base
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(image), label).backward()
-    return {"model": name, "case": case, "step_s": statistics.median(times), "peak_mib": peak,
-            "params": sum(p.numel() for p in model.parameters()),
-            "gflops": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads()}
+    return {
+        "model": name,
+        "case": case,
+        "step_s": statistics.median(times),
+        "peak_mib": peak,
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops": counter.get_total_flops() / 1e9,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_worker(name: str, case: str, steps: int, threads: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", name, case, "--steps",
-                          str(steps), "--threads", str(threads)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            case,
+            "--steps",
+            str(steps),
+            "--threads",
+            str(threads),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2D only, 1 timed step")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="interleaved rounds per model (median of round medians)")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps per round (default 3 in 2D, 2 in 3D)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="interleaved rounds per model (median of round medians)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, help="timed steps per round (default 3 in 2D, 2 in 3D)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads (default: the CPUs this process may use)",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -137,32 +172,49 @@ def main() -> None:
         for _ in range(args.rounds):  # interleave models so that load changes hit all of them
             for name in MODELS[case]:
                 results.setdefault((name, case), []).append(
-                    run_worker(name, case, steps, args.threads))
-    header = (f"CPU, {args.threads} torch threads, load average {load_before:.1f} before / "
-              f"{os.getloadavg()[0]:.1f} after; step = forward + backward + Adam, median of "
-              f"steps; wall time {time.perf_counter() - started:.0f} s")
+                    run_worker(name, case, steps, args.threads)
+                )
+    header = (
+        f"CPU, {args.threads} torch threads, load average {load_before:.1f} before / "
+        f"{os.getloadavg()[0]:.1f} after; step = forward + backward + Adam, median of "
+        f"steps; wall time {time.perf_counter() - started:.0f} s"
+    )
     print(report(results, cases, header))
 
 
 def report(results: dict[tuple[str, str], list[dict]], cases: list[str], header: str) -> str:
     """A Markdown table; ratios are ``ours`` (instance norm) over each MONAI model."""
-    lines = [header, "",
-             "| case | model | params | GFLOP/step | step (s) | peak mem (MiB) "
-             "| ours_in / model: time | memory | FLOPs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| case | model | params | GFLOP/step | step (s) | peak mem (MiB) "
+        "| ours_in / model: time | memory | FLOPs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for case in cases:
-        med = {name: {key: statistics.median(r[key] for r in results[(name, case)])
-                      for key in ("step_s", "peak_mib", "gflops", "params")}
-               for name in MODELS[case]}
+        med = {
+            name: {
+                key: statistics.median(r[key] for r in results[(name, case)])
+                for key in ("step_s", "peak_mib", "gflops", "params")
+            }
+            for name in MODELS[case]
+        }
         ours = med["ours"]
         for name in MODELS[case]:
             m = med[name]
-            ratio = "" if name.startswith("ours") else (
-                f"{ours['step_s'] / m['step_s']:.2f}x ({REFERENCES[name]}) "
-                f"| {ours['peak_mib'] / max(m['peak_mib'], 1):.2f}x "
-                f"| {ours['gflops'] / m['gflops']:.2f}x")
-            lines.append(f"| {case} | {name} | {m['params'] / 1e6:.2f} M | {m['gflops']:.1f} "
-                         f"| {m['step_s']:.3f} | {m['peak_mib']:.0f} | {ratio or ' | | '} |")
+            ratio = (
+                ""
+                if name.startswith("ours")
+                else (
+                    f"{ours['step_s'] / m['step_s']:.2f}x ({REFERENCES[name]}) "
+                    f"| {ours['peak_mib'] / max(m['peak_mib'], 1):.2f}x "
+                    f"| {ours['gflops'] / m['gflops']:.2f}x"
+                )
+            )
+            lines.append(
+                f"| {case} | {name} | {m['params'] / 1e6:.2f} M | {m['gflops']:.1f} "
+                f"| {m['step_s']:.3f} | {m['peak_mib']:.0f} | {ratio or ' | | '} |"
+            )
     return "\n".join(lines)
 
 

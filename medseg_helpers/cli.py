@@ -50,6 +50,20 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from medseg_helpers.serve import run_server
+
+    run_server(
+        args.model,
+        host=args.host,
+        port=args.port,
+        num_classes=args.num_classes,
+        max_upload_bytes=int(args.max_upload_mib * 2**20),
+        max_concurrency=args.max_concurrency,
+    )
+    return 0
+
+
 def _course_run(args: argparse.Namespace) -> int:
     from medseg_helpers.config import get_profile_name
     from medseg_helpers.course import format_summary_table, run_course
@@ -162,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("destination", help="output .nii.gz path")
     convert.add_argument("--label", action="store_true", help="write an integer label map")
     convert.set_defaults(func=_data_convert)
+
+    serve = commands.add_parser("serve", help="serve an ONNX model over HTTP (POST /v1/segment)")
+    serve.add_argument("model", help="exported .onnx model")
+    serve.add_argument("--num-classes", type=int, required=True, help="including background")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 only inside a container")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mib", type=float, default=64.0)
+    serve.add_argument("--max-concurrency", type=int, default=2)
+    serve.set_defaults(func=_serve)
 
     course = commands.add_parser("course", help="run or check the notebooks").add_subparsers(
         dest="course_command", required=True

@@ -1,0 +1,156 @@
+"""Export routes (ONNX, torch.export, TorchScript), ONNX Runtime inference, int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from medseg_helpers.export import (  # noqa: E402
+    OnnxSegmenter,
+    check_parity,
+    export_onnx,
+    export_program,
+    export_torchscript,
+    quantize_onnx_int8,
+)
+from medseg_helpers.models.unet import UNet  # noqa: E402
+
+# torch 2.13's own ONNX exporter uses a deprecated pytree API internally (not our code).
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+TORCHSCRIPT_WARNINGS = [
+    "ignore::DeprecationWarning",
+    "ignore::torch.jit.TracerWarning",
+]
+
+
+@pytest.fixture(autouse=True)
+def _caches_in_tmp(tmp_path, monkeypatch):
+    """ONNX Runtime writes a device-id file under $XDG_CACHE_HOME; keep it out of $HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def _unet(spatial_dims: int, out_channels: int = 3, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(spatial_dims, 1, out_channels, base_channels=4, depth=2).eval()
+
+
+@pytest.fixture(scope="module")
+def unet2d_onnx(tmp_path_factory):
+    model = _unet(2)
+    path = export_onnx(model, torch.randn(1, 1, 32, 32), tmp_path_factory.mktemp("x") / "m.onnx")
+    return model, path
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_onnx_matches_eager_for_dynamic_batch_and_sizes(spatial_dims, tmp_path):
+    model = _unet(spatial_dims)
+    size = (16,) * spatial_dims
+    path = export_onnx(model, torch.randn(1, 1, *size), tmp_path / "m.onnx")
+    # Other batch sizes, other multiples of 4, and sizes the segmenter must pad (odd ones).
+    inputs = [torch.randn(3, 1, *size), torch.randn(1, 1, *(8,) * (spatial_dims - 1), 24),
+              torch.randn(2, 1, *(13,) * spatial_dims)]
+    report = check_parity(model, path, inputs)
+    assert report["passed"] and report["max_abs_diff"] <= 1e-4, report
+    assert report["argmax_agreement"] == 1.0
+    assert report["num_inputs"] == 3
+
+
+def test_onnx_is_one_self_contained_file(unet2d_onnx):
+    _, path = unet2d_onnx
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]  # no m.onnx.data
+
+
+def test_onnx_metadata_records_size_multiple(unet2d_onnx):
+    _, path = unet2d_onnx
+    assert OnnxSegmenter(path).size_multiple == 4  # 2**depth, depth=2
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torch_export_program_matches_eager(spatial_dims, tmp_path):
+    model = _unet(spatial_dims)
+    size = (16,) * spatial_dims
+    path = export_program(model, torch.randn(1, 1, *size), tmp_path / "m.pt2")
+    report = check_parity(model, path, [torch.randn(1, 1, *size), torch.randn(3, 1, *(8,) *
+                                                                             spatial_dims)])
+    assert report["passed"], report
+
+
+@pytest.mark.filterwarnings(*TORCHSCRIPT_WARNINGS)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torchscript_matches_eager(spatial_dims, tmp_path):
+    model = _unet(spatial_dims)
+    size = (16,) * spatial_dims
+    path = export_torchscript(model, torch.randn(2, 1, *size), tmp_path / "m.pt")
+    report = check_parity(model, path, [torch.randn(1, 1, *size), torch.randn(2, 1, *size)])
+    assert report["passed"], report
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torchscript_warns_deprecation(tmp_path):
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        export_torchscript(_unet(2), torch.randn(1, 1, 16, 16), tmp_path / "m.pt")
+
+
+def test_example_size_not_a_multiple_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"multiple of the model's size_multiple=4"):
+        export_onnx(_unet(2), torch.randn(1, 1, 30, 32), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_example_must_be_a_batch(tmp_path):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        export_onnx(_unet(2), torch.randn(1, 32, 32), tmp_path / "m.onnx")
+
+
+def test_sliding_window_keeps_shape_and_matches_whole_image(unet2d_onnx):
+    model, path = unet2d_onnx
+    segmenter = OnnxSegmenter(path, num_threads=1)
+    image = np.random.default_rng(0).normal(size=(1, 1, 70, 45)).astype(np.float32)
+    logits = segmenter.sliding_window(image, roi_size=(32, 32), overlap=0.5)
+    assert logits.shape == (1, 3, 70, 45) and logits.dtype == np.float32
+    whole = segmenter.predict_logits(image)
+    assert whole.shape == (1, 3, 70, 45)
+    # Windows see less context than the whole image, so only most pixels agree.
+    assert (logits.argmax(1) == whole.argmax(1)).mean() > 0.7
+
+
+def test_predict_logits_rejects_unbatched_input(unet2d_onnx):
+    with pytest.raises(ValueError, match=r"got \(32, 32\)"):
+        OnnxSegmenter(unet2d_onnx[1]).predict_logits(np.zeros((32, 32), np.float32))
+
+
+def _smooth_images(count: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
+    """Blurred discs on a gradient, z-scored: ``(1, size, size)`` float32 each."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    images = []
+    for _ in range(count):
+        cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.25)]
+        disc = 1.0 / (1.0 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 200))
+        image = disc + 0.5 * xx + 0.05 * rng.normal(size=(size, size))
+        images.append(((image - image.mean()) / image.std())[None].astype(np.float32))
+    return images
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_int8_agrees_with_float_on_most_pixels(unet2d_onnx, tmp_path):
+    _, path = unet2d_onnx
+    int8_path = quantize_onnx_int8(path, tmp_path / "int8.onnx", _smooth_images(16, seed=1))
+    test = np.stack(_smooth_images(8, seed=2))
+    fp32 = OnnxSegmenter(path).predict_logits(test).argmax(1)
+    int8_segmenter = OnnxSegmenter(int8_path)
+    int8 = int8_segmenter.predict_logits(test).argmax(1)
+    assert int8_segmenter.size_multiple == 4  # metadata copied
+    assert (fp32 == int8).mean() >= 0.9
+    ops = {node.op_type for node in __import__("onnx").load(str(int8_path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_int8_needs_calibration_images(unet2d_onnx, tmp_path):
+    with pytest.raises(ValueError, match="at least one calibration image"):
+        quantize_onnx_int8(unet2d_onnx[1], tmp_path / "q.onnx", [])
