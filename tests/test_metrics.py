@@ -1,0 +1,155 @@
+"""compute_dice and DiceAccumulator: hand-worked cases, empty-mask conventions, MONAI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medseg_helpers.metrics import DiceAccumulator, compute_dice
+
+
+def _masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """One 1x6 "image", classes 0..2 (B=1, 1, 1, 6)."""
+    target = torch.tensor([0, 1, 1, 1, 2, 0]).view(1, 1, 1, 6)
+    pred = torch.tensor([0, 1, 1, 0, 0, 2]).view(1, 1, 1, 6)
+    return pred, target
+
+
+def test_hand_computed_dice_per_class() -> None:
+    pred, target = _masks()
+    dice = compute_dice(pred, target, num_classes=3, include_background=True)
+    # class 0: G = {0, 5}, P = {0, 3, 4}, overlap {0}: 2*1 / (2 + 3) = 0.4
+    # class 1: G = {1, 2, 3}, P = {1, 2}, overlap 2:   2*2 / (3 + 2) = 0.8
+    # class 2: G = {4}, P = {5}, overlap 0:            0 / 2 = 0
+    assert torch.allclose(dice, torch.tensor([[0.4, 0.8, 0.0]]))
+    assert torch.allclose(compute_dice(pred, target, 3), torch.tensor([[0.8, 0.0]]))
+
+
+def test_perfect_prediction_gives_one_and_disjoint_gives_zero() -> None:
+    target = torch.randint(0, 3, (2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    target[:, :, 0, :3] = torch.tensor([0, 1, 2])  # every class present in both cases
+    assert torch.equal(compute_dice(target, target, 3), torch.ones(2, 2))
+    assert torch.equal(compute_dice((target + 1) % 3, target, 3, include_background=True),
+                       torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(("empty", "expected"), [("nan", math.nan), ("one", 1.0)])
+def test_empty_target_and_empty_pred_follow_the_convention(empty: str, expected: float) -> None:
+    pred = target = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent from both
+    value = compute_dice(pred, target, num_classes=2, empty=empty).item()
+    assert math.isnan(value) if math.isnan(expected) else value == expected
+
+
+@pytest.mark.parametrize("empty", ["nan", "one"])
+def test_false_positive_on_empty_target_scores_zero(empty: str) -> None:
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    pred = target.clone()
+    pred[0, 0, 0, 0] = 1  # one false-positive pixel: 2*0 / (1 + 0) = 0
+    assert compute_dice(pred, target, num_classes=2, empty=empty).item() == 0.0
+
+
+def test_channel_axis_is_optional_and_3d_works() -> None:
+    generator = torch.Generator().manual_seed(1)
+    pred = torch.randint(0, 3, (2, 1, 4, 5, 6), generator=generator)
+    target = torch.randint(0, 3, (2, 1, 4, 5, 6), generator=generator)
+    expected = compute_dice(pred, target, 3)
+    assert expected.shape == (2, 2)
+    assert torch.equal(compute_dice(pred[:, 0], target, 3), expected)
+    assert torch.equal(compute_dice(pred[:, 0].int(), target[:, 0].to(torch.uint8), 3), expected)
+
+
+@pytest.mark.parametrize(("pred", "target", "error", "match"), [
+    (torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4, dtype=torch.long), TypeError,
+     "integer mask"),
+    (torch.zeros(1, 1, 4, 4, dtype=torch.long), torch.zeros(1, 1, 4, 5, dtype=torch.long),
+     ValueError, r"pred \(1, 1, 4, 4\) and target \(1, 1, 4, 5\)"),
+    (torch.full((1, 1, 2, 2), 3), torch.zeros(1, 1, 2, 2, dtype=torch.long), ValueError,
+     r"pred has values \[3\] outside \[0, 3\)"),
+    (torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), ValueError,
+     "batch axis"),
+])
+def test_bad_inputs_raise_clear_errors(pred, target, error, match) -> None:
+    with pytest.raises(error, match=match):
+        compute_dice(pred, target, num_classes=3)
+
+
+def test_unknown_empty_convention_raises() -> None:
+    with pytest.raises(ValueError, match="empty must be"):
+        compute_dice(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long),
+                     2, empty="zero")
+
+
+def _random_batches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three batches of (4, 1, 8, 8) masks with 3 classes, incl. cases without class 2 in the
+    target, without it in the prediction, and without it in both."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(3):
+        pred = torch.randint(0, 3, (4, 1, 8, 8), generator=generator)
+        target = torch.randint(0, 2, (4, 1, 8, 8), generator=generator)
+        target[0, 0, 2:5, 2:5] = 2  # case 0 has class 2; cases 1-3 have none in the target
+        pred[2][pred[2] == 2] = 1  # case 2: class 2 absent from both
+        pred[3][pred[3] == 2] = 0
+        batches.append((pred, target))
+    return batches
+
+
+def test_one_convention_equals_monai_ignore_empty_false() -> None:
+    from monai.metrics import DiceMetric
+
+    monai_dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False,
+                            num_classes=3)
+    for pred, target in _random_batches():
+        ours = compute_dice(pred, target, 3, include_background=True, empty="one")
+        assert torch.allclose(ours, monai_dice(pred, target), atol=1e-6)
+
+
+def test_nan_convention_differs_from_monai_default_only_on_false_positives() -> None:
+    """MONAI's default ignore_empty=True gives NaN whenever the target lacks the class, so a
+    false positive there is not counted; ours (empty="nan") scores it 0."""
+    from monai.metrics import DiceMetric
+
+    monai_dice = DiceMetric(include_background=False, reduction="none", num_classes=3)
+    for pred, target in _random_batches():
+        ours = compute_dice(pred, target, 3)
+        reference = monai_dice(pred, target)
+        target_has = torch.stack([(target == c).flatten(1).any(1) for c in (1, 2)], dim=1)
+        pred_has = torch.stack([(pred == c).flatten(1).any(1) for c in (1, 2)], dim=1)
+        assert torch.allclose(ours[target_has], reference[target_has], atol=1e-6)
+        assert torch.isnan(reference[~target_has]).all()
+        assert (ours[~target_has & pred_has] == 0).all()
+        assert torch.isnan(ours[~target_has & ~pred_has]).all()
+        assert (~target_has & pred_has).any() and (~target_has & ~pred_has).any()
+
+
+@pytest.mark.parametrize(("empty", "ignore_empty"), [("one", False), ("nan", True)])
+def test_accumulator_matches_monai_mean_batch(empty: str, ignore_empty: bool) -> None:
+    from monai.metrics import DiceMetric
+
+    accumulator = DiceAccumulator(3, empty=empty)
+    monai_dice = DiceMetric(include_background=False, reduction="mean_batch",
+                            ignore_empty=ignore_empty, num_classes=3)
+    for pred, target in _random_batches(seed=2):
+        if ignore_empty:  # make the conventions agree: no false positive on an empty target
+            for c in (1, 2):
+                absent = ~(target == c).flatten(1).any(1)
+                pred[absent] = torch.where(pred[absent] == c, 0, pred[absent])
+        accumulator.update(pred, target)
+        monai_dice(pred, target)
+    assert torch.allclose(accumulator.per_class(), monai_dice.aggregate().float(), atol=1e-6)
+
+
+def test_accumulator_averages_per_class_over_scored_cases() -> None:
+    accumulator = DiceAccumulator(3)
+    target = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]).view(2, 1, 4)
+    pred = torch.tensor([[1, 0, 0, 0], [1, 0, 0, 0]]).view(2, 1, 4)
+    accumulator.update(pred, target)  # class 1: 2*1/(1+2) = 2/3 and 1; class 2: NaN, NaN
+    accumulator.update(torch.full((1, 1, 4), 2), torch.full((1, 1, 4), 2))  # class 2: 1
+    # class 1: mean(2/3, 1) = 5/6 (the third case has no class 1: NaN, skipped)
+    mean, per_class = accumulator.aggregate()
+    assert per_class == pytest.approx([5 / 6, 1.0])
+    assert mean == pytest.approx((5 / 6 + 1.0) / 2)
+    accumulator.reset()
+    assert math.isnan(accumulator.aggregate()[0])
