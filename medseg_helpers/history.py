@@ -27,8 +27,28 @@ logger = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_dice")
 
-__all__ = ["BASE_COLUMNS", "HistoryWriter", "plot_history", "write_config_yaml",
-           "write_history_csv", "write_metrics_json"]
+__all__ = ["BASE_COLUMNS", "HistoryWriter", "plot_history", "summarise_history",
+           "write_config_yaml", "write_history_csv", "write_metrics_json"]
+
+
+def summarise_history(rows: Sequence[Mapping[str, Any]], best_epoch: int,
+                      class_names: Sequence[str]) -> dict[str, Any]:
+    """The headline numbers of a run from its epoch rows (NaN where never validated).
+
+    Returns:
+        ``best_val_dice``, ``best_epoch``, ``best_dice_per_class`` (``{name: Dice}`` at the
+        best epoch), ``last_val_dice``, ``epochs_completed``, ``train_loss`` (last epoch).
+    """
+    validated = [row for row in rows if not _is_missing(row.get("val_dice"))]
+    best = next((row for row in validated if row["epoch"] == best_epoch), None)
+    return {
+        "best_val_dice": best["val_dice"] if best else math.nan,
+        "best_epoch": best_epoch if best else 0,
+        "best_dice_per_class": {n: best[f"dice_{n}"] for n in class_names} if best else {},
+        "last_val_dice": validated[-1]["val_dice"] if validated else math.nan,
+        "epochs_completed": int(rows[-1]["epoch"]) if rows else 0,
+        "train_loss": rows[-1]["train_loss"] if rows else math.nan,
+    }
 
 
 def _json_ready(value: Any) -> Any:

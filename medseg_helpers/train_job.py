@@ -6,8 +6,11 @@ call. It glues the other modules together and holds no training logic of its own
 1. dataset folder: ``config.data_dir``, else the profile's synthetic phantoms (generated)
    or Decathlon task (downloaded, `course_data`);
 2. patient-level split (`splits.split_patients`), then 2D slices from a memory-mapped
-   cache (`datasets.SliceDataset`) or 3D patches (`datasets.PatchDataset3D`), validated
-   on whole slices / whole volumes (sliding window in 3D);
+   cache (`datasets.SliceDataset`) or 3D patches (`datasets.PatchDataset3D`). Validation
+   always scores whole volumes, one Dice per patient and class (as nnU-Net and the final
+   evaluation do): a 2D model runs slice by slice (`SliceBySliceInferer`), a 3D model by
+   sliding window. Per-slice Dice would be much lower and noisier for small structures: a
+   single false-positive pixel on a lesion-free slice scores that slice 0;
 3. `models.build_model`, a loss from `LOSSES`, `schedules.build_optimizer` and
    `schedules.build_scheduler` (lengths converted from epochs to optimiser steps);
 4. `Trainer.fit` (resuming from ``last.pt`` when ``config.resume``); under ``torchrun`` a
@@ -41,8 +44,8 @@ logger = logging.getLogger(__name__)
 LOSSES: dict[str, str] = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "ce": "CrossEntropyLoss",
                           "focal": "FocalLoss", "tversky": "TverskyLoss"}
 
-__all__ = ["LOSSES", "TrainingData", "build_data", "build_loss", "default_run_dir",
-           "train_from_config"]
+__all__ = ["LOSSES", "CachedVolumeDataset", "SliceBySliceInferer", "TrainingData", "build_data",
+           "build_loss", "default_run_dir", "train_from_config"]
 
 
 @dataclass
@@ -51,7 +54,7 @@ class TrainingData:
 
     Attributes:
         train_loader: batches ``{"image": (B, C, *S) float32, "label": (B, 1, *S) int64}``.
-        val_loader: whole slices (2D, batch ``batch_size``) or whole volumes (3D, batch 1).
+        val_loader: whole volumes ``(1, C, D, H, W)`` (batch 1), in 2D and 3D.
         num_classes: classes including background (from ``dataset.json``).
         class_names: foreground class names, in label order.
         in_channels: image channels.
@@ -134,6 +137,25 @@ class CachedVolumeDataset(Dataset):
                 "patient_id": self.patient_ids[index]}
 
 
+class SliceBySliceInferer:
+    """Run a 2D model over the slices of volumes: ``(B, C, D, H, W)`` -> ``(B, K, D, H, W)``.
+
+    Slices (axis ``D``) go through the model in chunks of ``batch_size``; 4D input is passed
+    through unchanged. Use as ``Trainer(val_inferer=SliceBySliceInferer(32))``.
+    """
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self.batch_size = batch_size
+
+    def __call__(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 5:
+            return model(image)
+        b, c, d, h, w = image.shape
+        slices = image.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
+        logits = torch.cat([model(chunk) for chunk in slices.split(self.batch_size)])
+        return logits.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
+
+
 def _loader(dataset: Dataset, config: TrainConfig, batch_size: int, train: bool,
             info: distributed.DistInfo) -> DataLoader:
     from medseg_helpers.datasets import make_dataloader, seed_worker
@@ -182,8 +204,6 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
         train = datasets.SliceDataset(cache, split.train, transform=transform,
                                       empty_slice_fraction=config.empty_slice_fraction,
                                       seed=config.seed)
-        val = datasets.SliceDataset(cache, split.val)
-        val_batch = config.batch_size
     else:
         if config.patch_size is None:
             raise ValueError("spatial_dims=3 needs patch_size=(D, H, W)")
@@ -191,9 +211,9 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
         train = datasets.PatchDataset3D([c for c in cases if c.patient_id in train_ids],
                                         config.patch_size, preset=config.augmentation,
                                         cache_dir=cache_dir, seed=config.seed)
-        val, val_batch = CachedVolumeDataset(cache, split.val), 1
+    val = CachedVolumeDataset(cache, split.val)
     return TrainingData(_loader(train, config, config.batch_size, True, info),
-                        _loader(val, config, val_batch, False, info),
+                        _loader(val, config, 1, False, info),
                         len(names), names[1:], cache.num_channels, dataset_dir)
 
 
@@ -239,12 +259,14 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
                                     **config.scheduler_kwargs)
         run_dir = default_run_dir(config)
         roi = config.sw_roi_size or (config.patch_size if config.spatial_dims == 3 else None)
+        inferer = SliceBySliceInferer(2 * config.batch_size) if config.spatial_dims == 2 else None
         trainer = Trainer(model, loss, optimizer, data.train_loader, data.val_loader,
                           num_classes=data.num_classes, scheduler=scheduler,
                           max_epochs=config.max_epochs, device=device,
                           val_every=config.val_every, patience=config.patience,
                           grad_clip_norm=config.grad_clip_norm, amp=config.amp,
-                          sw_roi_size=roi, sw_batch_size=config.sw_batch_size, run_dir=run_dir,
+                          sw_roi_size=roi, sw_batch_size=config.sw_batch_size,
+                          val_inferer=inferer, run_dir=run_dir,
                           config=config.to_dict(), class_names=data.class_names,
                           seed=config.seed, progress=config.progress,
                           tensorboard=config.tensorboard)

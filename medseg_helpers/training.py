@@ -14,10 +14,12 @@ the loss is any ``loss_fn(logits, label) -> scalar``.
 Reproducibility and exact resume: the checkpoint stores every RNG state (`capture_rng_state`)
 besides model, optimiser, scheduler and scaler. A DataLoader draws its shuffling seed from
 the global torch RNG unless it has its own ``generator``; the Trainer re-seeds such
-generators at each epoch from ``(seed, epoch)`` (`epoch_seed`) and calls ``set_epoch(epoch)``
-on samplers and datasets that have it (``DistributedSampler``, `SliceDataset`), so a run
-interrupted after epoch ``k`` and resumed from ``last.pt`` replays epochs ``k+1...`` exactly:
-on CPU, bit-identical weights (tested).
+generators and the dataset's augmentation (``dataset.reseed``) at each epoch from
+``(seed, epoch, rank)`` (`epoch_seed`) and calls ``set_epoch(epoch)`` on samplers and
+datasets that have it (``DistributedSampler``, `SliceDataset`), so a run interrupted after
+epoch ``k`` and resumed from ``last.pt`` replays epochs ``k+1...`` exactly: on CPU,
+bit-identical weights (tested). Not covered: augmentation inside *persistent* DataLoader
+workers (their streams restart on resume) and non-deterministic GPU kernels.
 
 Mixed precision (``torch.autocast`` + ``GradScaler``) is used only on CUDA; on CPU it is off.
 The run directory holds ``config.yaml``, ``history.csv``, ``checkpoints/{last,best}.pt``,
@@ -44,6 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medseg_helpers import distributed
+from medseg_helpers.callbacks import Callback
 from medseg_helpers.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -56,31 +59,21 @@ from medseg_helpers.checkpoint import (
 )
 from medseg_helpers.data_checks import check_labels
 from medseg_helpers.device import get_device
-from medseg_helpers.history import HistoryWriter, write_config_yaml, write_metrics_json
+from medseg_helpers.history import (
+    HistoryWriter,
+    summarise_history,
+    write_config_yaml,
+    write_metrics_json,
+)
 from medseg_helpers.metrics import DiceAccumulator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Callback", "Trainer", "TrainingDivergedError", "epoch_seed"]
+__all__ = ["Trainer", "TrainingDivergedError", "epoch_seed"]
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the weights of the failing step were not updated."""
-
-
-class Callback:
-    """Hooks called by `Trainer.fit`; override what you need. Set ``trainer.should_stop``
-    to end training after the current epoch.
-
-    ``logs`` is the epoch's `history.csv` row: ``epoch``, ``lr``, ``train_loss``,
-    ``val_loss``, ``val_dice``, ``dice_<class>``, ``seconds`` (NaN when not validated).
-    """
-
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
-
-    def on_train_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -113,6 +106,9 @@ class Trainer:
             spatial size when an image is larger than it (3D volumes); None: whole image.
         sw_batch_size: windows per forward pass.
         sw_overlap: overlap of neighbouring windows (Gaussian-weighted blending).
+        val_inferer: ``val_inferer(model, image) -> logits`` used for validation instead of
+            the above, e.g. `train_job.SliceBySliceInferer` to score a 2D model on whole
+            ``(B, C, D, H, W)`` volumes (per-case Dice rather than per-slice).
         run_dir: where logs and checkpoints go; None writes nothing.
         config: plain dict stored in checkpoints and written as ``config.yaml``.
         class_names: names of the foreground classes for the ``dice_<name>`` columns
@@ -136,7 +132,9 @@ class Trainer:
                  = None, val_every: int = 1, patience: int | None = None, min_delta: float = 0.0,
                  grad_clip_norm: float | None = None, amp: bool = True,
                  sw_roi_size: Sequence[int] | None = None, sw_batch_size: int = 4,
-                 sw_overlap: float = 0.25, run_dir: str | os.PathLike | None = None,
+                 sw_overlap: float = 0.25,
+                 val_inferer: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 run_dir: str | os.PathLike | None = None,
                  config: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
                  seed: int = 0, callbacks: Sequence[Callback] = (), progress: bool = True,
                  tensorboard: bool = True, check_data: bool = True) -> None:
@@ -159,6 +157,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.sw_roi_size = tuple(sw_roi_size) if sw_roi_size else None
         self.sw_batch_size, self.sw_overlap = sw_batch_size, sw_overlap
+        self.val_inferer = val_inferer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = dict(config or {})
         names = [str(n) for n in class_names] if class_names else []
@@ -204,8 +203,7 @@ class Trainer:
         if self.dist.is_main and self.run_dir is not None:
             self._write_config()
             self._writer = HistoryWriter(self.run_dir, tensorboard=self.tensorboard)
-        for callback in self.callbacks:
-            callback.on_train_begin(self)
+        self._callback("on_train_begin", self)
         status, start = "completed", time.perf_counter()
         bar = tqdm(total=self.max_epochs, initial=self.epoch, desc="epochs", unit="epoch",
                    disable=not self.progress)
@@ -226,8 +224,7 @@ class Trainer:
             if self._writer is not None:
                 self._writer.close()
         metrics = self._write_metrics(status, time.perf_counter() - start)
-        for callback in self.callbacks:
-            callback.on_train_end(self, metrics)
+        self._callback("on_train_end", self, metrics)
         return metrics
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -258,8 +255,7 @@ class Trainer:
                 save_checkpoint(state, self.run_dir / "checkpoints" / "best.pt")
         logger.info("epoch %d: train_loss %.4f, val_dice %.4f, %.1f s", epoch,
                     logs["train_loss"], logs["val_dice"], logs["seconds"])
-        for callback in self.callbacks:
-            callback.on_epoch_end(self, logs)
+        self._callback("on_epoch_end", self, logs)
         return logs
 
     def train_epoch(self, epoch: int) -> float:
@@ -325,15 +321,18 @@ class Trainer:
     def _check_finite(self, value: float, epoch: int) -> None:
         bad = torch.tensor([0.0 if math.isfinite(value) else 1.0])
         if distributed.all_reduce_sum(bad, self.device).item() > 0:  # every rank stops
+            what = value if not math.isfinite(value) else "not finite on another rank"
             raise TrainingDivergedError(
-                f"loss is {value} at epoch {epoch}, step {self.global_step + 1} (lr "
+                f"loss is {what} at epoch {epoch}, step {self.global_step + 1} (lr "
                 f"{self.optimizer.param_groups[0]['lr']:.3g}); this step was not applied and "
                 "the checkpoints keep the last completed epoch. Try a lower lr, gradient "
                 "clipping (grad_clip_norm), or check the images for extreme values.")
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss and Dice over ``val_loader`` (argmax prediction, empty classes ignored).
+        """Mean loss and Dice over ``val_loader``: argmax prediction, `compute_dice` per case
+        and class (``empty="nan"``: a class absent from prediction and target is skipped, a
+        false positive on a target without the class counts 0).
 
         Returns:
             ``{"val_loss", "val_dice" (mean over foreground classes), "dice_<class>"...}``,
@@ -370,6 +369,8 @@ class Trainer:
                 **{f"dice_{n}": d for n, d in zip(self.class_names, per_class, strict=True)}}
 
     def _predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if self.val_inferer is not None:
+            return self.val_inferer(model, image)
         roi = self.sw_roi_size
         if roi is None or all(s <= r for s, r in zip(image.shape[2:], roi, strict=True)):
             return model(image)
@@ -449,21 +450,18 @@ class Trainer:
         if self.config:
             write_config_yaml(self.config, self.run_dir / "config.yaml")
 
+    def _callback(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if callable(method):
+                method(*args)
+
     def _write_metrics(self, status: str, seconds: float, error: str | None = None
                        ) -> dict[str, Any]:
-        validated = [row for row in self.history if not math.isnan(row["val_dice"])]
-        best = next((row for row in validated if row["epoch"] == self.best_epoch), None)
-        metrics = {
-            "status": status,
-            "best_val_dice": self.best_metric if best else math.nan,
-            "best_epoch": self.best_epoch,
-            "best_dice_per_class": {n: best[f"dice_{n}"] for n in self.class_names} if best
-            else {},
-            "last_val_dice": validated[-1]["val_dice"] if validated else math.nan,
-            "epochs_completed": self.epoch, "global_step": self.global_step,
-            "train_loss": self.history[-1]["train_loss"] if self.history else math.nan,
-            "seconds": seconds, "world_size": self.dist.world_size,
-        }
+        metrics = {"status": status, **summarise_history(self.history, self.best_epoch,
+                                                         self.class_names),
+                   "global_step": self.global_step, "seconds": seconds,
+                   "world_size": self.dist.world_size}
         if error:
             metrics["error"] = error
         if self.dist.is_main and self.run_dir is not None:

@@ -13,6 +13,7 @@ from _training_helpers import AugmentedDiscs, TinyNet, ce_loss, flat_params, mak
 from torch import nn
 from torch.utils.data import DataLoader
 
+from medseg_helpers.callbacks import Callback
 from medseg_helpers.checkpoint import (
     CheckpointMismatchError,
     capture_rng_state,
@@ -27,7 +28,7 @@ from medseg_helpers.checkpoint import (
 )
 from medseg_helpers.device import seed_everything
 from medseg_helpers.schedules import build_optimizer, build_scheduler
-from medseg_helpers.training import Callback, Trainer
+from medseg_helpers.training import Trainer
 
 
 def _trainer(run_dir: Path | None, max_epochs: int = 2, model: nn.Module | None = None,
@@ -105,7 +106,6 @@ class _InterruptAfter(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("own_generator", [True, False], ids=["loader-generator", "global-rng"])
 def test_interrupted_and_resumed_run_reaches_identical_weights(tmp_path: Path,
                                                                 own_generator: bool) -> None:

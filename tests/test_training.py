@@ -15,6 +15,7 @@ import torch
 from _training_helpers import DiscDataset, TinyNet, ce_loss, flat_params, make_loaders
 from torch.utils.data import DataLoader
 
+from medseg_helpers.callbacks import Callback
 from medseg_helpers.checkpoint import load_checkpoint
 from medseg_helpers.data_checks import check_labels
 from medseg_helpers.history import plot_history
@@ -28,7 +29,7 @@ from medseg_helpers.schedules import (
     step_factor,
 )
 from medseg_helpers.train_config import TrainConfig
-from medseg_helpers.training import Callback, Trainer, TrainingDivergedError, epoch_seed
+from medseg_helpers.training import Trainer, TrainingDivergedError, epoch_seed
 
 HELPERS = Path(__file__).with_name("_training_helpers.py")
 
@@ -74,6 +75,17 @@ def test_3d_validation_uses_sliding_window_when_volumes_exceed_the_roi(
     metrics = trainer.fit()
     assert calls and calls[0] == ((8, 1, 16, 16, 16), (8, 8, 8))  # val batch 8
     assert 0.0 <= metrics["last_val_dice"] <= 1.0
+
+
+def test_slice_by_slice_inferer_scores_a_2d_model_on_volumes() -> None:
+    from medseg_helpers.train_job import SliceBySliceInferer
+
+    model, volume = TinyNet(num_classes=3).eval(), torch.randn(2, 1, 5, 12, 12)
+    with torch.no_grad():
+        logits = SliceBySliceInferer(batch_size=3)(model, volume)  # 10 slices in chunks of 3
+        expected = torch.stack([model(volume[:, :, z]) for z in range(5)], dim=2)
+    assert logits.shape == (2, 3, 5, 12, 12)
+    assert torch.allclose(logits, expected, atol=1e-6)
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
