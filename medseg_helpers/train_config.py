@@ -65,6 +65,8 @@ class TrainConfig:
             downloaded by `course_data.ensure_course_dataset`).
         run_dir: output folder; None: ``$MEDSEG_RUN_DIR/train-<profile>-<model>-<dims>d``.
         val_fraction: share of patients for validation (split by patient).
+        test_fraction: share of patients held out for the final evaluation (never seen in
+            training or model selection); the split is saved as ``run_dir/splits.json``.
         augmentation: 2D/3D augmentation preset (``light``, ``medium``, ``heavy``) or None.
         empty_slice_fraction: share of background-only slices kept per epoch (2D).
         num_workers: DataLoader worker processes.
@@ -103,6 +105,7 @@ class TrainConfig:
     data_dir: str | None = None
     run_dir: str | None = None
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     augmentation: str | None = "light"
     empty_slice_fraction: float = 0.2
     num_workers: int = 0

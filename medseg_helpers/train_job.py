@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from medseg_helpers import distributed
 from medseg_helpers.config import get_data_dir, get_run_dir
 from medseg_helpers.device import get_device, seed_everything
+from medseg_helpers.inference import SliceBySliceInferer
 from medseg_helpers.schedules import build_optimizer, build_scheduler
+from medseg_helpers.splits import PatientSplit, save_splits, split_patients
 from medseg_helpers.train_config import TrainConfig
 from medseg_helpers.training import Trainer
 
@@ -44,8 +46,8 @@ logger = logging.getLogger(__name__)
 LOSSES: dict[str, str] = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "ce": "CrossEntropyLoss",
                           "focal": "FocalLoss", "tversky": "TverskyLoss"}
 
-__all__ = ["LOSSES", "CachedVolumeDataset", "SliceBySliceInferer", "TrainingData", "build_data",
-           "build_loss", "default_run_dir", "train_from_config"]
+__all__ = ["LOSSES", "CachedVolumeDataset", "TrainingData", "build_data", "build_loss",
+           "default_run_dir", "open_slice_cache", "train_from_config"]
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TrainingData:
         class_names: foreground class names, in label order.
         in_channels: image channels.
         dataset_dir: the Decathlon-layout folder used.
+        split: the patient split (its ``test`` patients are used by no loader here).
     """
 
     train_loader: DataLoader
@@ -67,6 +70,7 @@ class TrainingData:
     class_names: list[str]
     in_channels: int
     dataset_dir: Path
+    split: PatientSplit
 
 
 def build_loss(name: str, registry: Mapping[str, Callable[..., nn.Module]] | None = None,
@@ -137,25 +141,6 @@ class CachedVolumeDataset(Dataset):
                 "patient_id": self.patient_ids[index]}
 
 
-class SliceBySliceInferer:
-    """Run a 2D model over the slices of volumes: ``(B, C, D, H, W)`` -> ``(B, K, D, H, W)``.
-
-    Slices (axis ``D``) go through the model in chunks of ``batch_size``; 4D input is passed
-    through unchanged. Use as ``Trainer(val_inferer=SliceBySliceInferer(32))``.
-    """
-
-    def __init__(self, batch_size: int = 32) -> None:
-        self.batch_size = batch_size
-
-    def __call__(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 5:
-            return model(image)
-        b, c, d, h, w = image.shape
-        slices = image.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-        logits = torch.cat([model(chunk) for chunk in slices.split(self.batch_size)])
-        return logits.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
-
-
 def _loader(dataset: Dataset, config: TrainConfig, batch_size: int, train: bool,
             info: distributed.DistInfo) -> DataLoader:
     from medseg_helpers.datasets import make_dataloader, seed_worker
@@ -172,6 +157,18 @@ def _loader(dataset: Dataset, config: TrainConfig, batch_size: int, train: bool,
                       persistent_workers=config.num_workers > 0)
 
 
+def open_slice_cache(dataset_dir: Path) -> Any:
+    """The z-scored slice cache of a Decathlon folder (built once, then memory-mapped).
+
+    Training, validation and `course_model.TrainedModel` all read images through it, so a
+    model is always evaluated on exactly the preprocessing it was trained with.
+    """
+    from medseg_helpers import datasets
+
+    cases = datasets.read_decathlon(dataset_dir)
+    return datasets.build_slice_cache(cases, get_data_dir() / "cache" / Path(dataset_dir).name)
+
+
 def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) -> TrainingData:
     """Split patients and build the loaders described by ``config`` (see the module docstring).
 
@@ -180,7 +177,6 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
             disagree with the dataset, or ``spatial_dims=3`` without ``patch_size``.
     """
     from medseg_helpers import datasets
-    from medseg_helpers.splits import split_patients
 
     info = info or distributed.get_dist_info()
     dataset_dir = _dataset_dir(config)
@@ -188,11 +184,10 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
     if config.out_channels is not None and config.out_channels != len(names):
         raise ValueError(f"out_channels={config.out_channels} but {dataset_dir.name} has "
                          f"{len(names)} classes {names}")
+    cache = open_slice_cache(dataset_dir)  # also the 3D validation volumes
     cases = datasets.read_decathlon(dataset_dir)
     split = split_patients([c.patient_id for c in cases], val_fraction=config.val_fraction,
-                           seed=config.seed)
-    cache_dir = get_data_dir() / "cache" / dataset_dir.name
-    cache = datasets.build_slice_cache(cases, cache_dir)  # also the 3D validation volumes
+                           test_fraction=config.test_fraction, seed=config.seed)
     if cache.num_channels != config.in_channels:
         raise ValueError(f"in_channels={config.in_channels} but {dataset_dir.name} images have "
                          f"{cache.num_channels} channel(s)")
@@ -210,19 +205,20 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
         train_ids = set(split.train)
         train = datasets.PatchDataset3D([c for c in cases if c.patient_id in train_ids],
                                         config.patch_size, preset=config.augmentation,
-                                        cache_dir=cache_dir, seed=config.seed)
+                                        cache_dir=get_data_dir() / "cache" / dataset_dir.name,
+                                        seed=config.seed)
     val = CachedVolumeDataset(cache, split.val)
     return TrainingData(_loader(train, config, config.batch_size, True, info),
                         _loader(val, config, 1, False, info),
-                        len(names), names[1:], cache.num_channels, dataset_dir)
+                        len(names), names[1:], cache.num_channels, dataset_dir, split)
 
 
 def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run one training as described by ``config`` and return its final metrics.
 
     Works in one process and under ``torchrun`` (`distributed.init_from_env`). Rank 0
-    writes ``config.yaml``, ``history.csv``, ``checkpoints/``, ``metrics.json`` to the
-    run directory (`default_run_dir`).
+    writes ``config.yaml``, ``splits.json``, ``history.csv``, ``checkpoints/``,
+    ``metrics.json`` to the run directory (`default_run_dir`).
 
     Args:
         config: a `TrainConfig` or a dict of its fields.
@@ -270,6 +266,8 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
                           config=config.to_dict(), class_names=data.class_names,
                           seed=config.seed, progress=config.progress,
                           tensorboard=config.tensorboard)
+        if info.is_main:
+            save_splits(data.split, run_dir / "splits.json")
         last = run_dir / "checkpoints" / "last.pt"
         resume = last if config.resume and last.is_file() else None
         metrics = trainer.fit(resume_from=resume)

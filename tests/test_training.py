@@ -78,7 +78,7 @@ def test_3d_validation_uses_sliding_window_when_volumes_exceed_the_roi(
 
 
 def test_slice_by_slice_inferer_scores_a_2d_model_on_volumes() -> None:
-    from medseg_helpers.train_job import SliceBySliceInferer
+    from medseg_helpers.inference import SliceBySliceInferer
 
     model, volume = TinyNet(num_classes=3).eval(), torch.randn(2, 1, 5, 12, 12)
     with torch.no_grad():

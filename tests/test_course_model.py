@@ -1,0 +1,82 @@
+"""The course model: trained once, reused, evaluated on its held-out test patients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _training_helpers import TinyNet
+
+from medseg_helpers.course_model import (
+    course_model_config,
+    ensure_trained_model,
+    load_trained_model,
+)
+from medseg_helpers.inference import predict_logits, predict_probabilities
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("course_model")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDSEG_DATA_DIR", str(root / "data"))
+        mp.setenv("MEDSEG_RUN_DIR", str(root / "runs"))
+        config = course_model_config("smoke", progress=False, tensorboard=False,
+                                     model_kwargs={"depth": 2})
+        yield ensure_trained_model(config, device="cpu"), config
+
+
+def test_test_patients_are_held_out_of_training_and_validation(trained) -> None:
+    model, _ = trained
+    split = model.split
+    assert split.test and not set(split.test) & (set(split.train) | set(split.val))
+    assert model.class_names == ["background", "organ", "lesion"]
+
+
+def test_prediction_is_on_the_source_grid_of_the_case(trained) -> None:
+    model, _ = trained
+    patient = model.split.test[0]
+    pred, truth = model.predict(patient), model.read_label(patient)
+    assert pred.array.shape == truth.array.shape and pred.array.dtype == np.uint8
+    np.testing.assert_allclose(pred.spacing_mm, truth.spacing_mm)
+    np.testing.assert_allclose(pred.origin_mm, truth.origin_mm)
+    probs = model.predict(patient, probabilities=True).array
+    assert probs.shape == (3, *truth.array.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_a_finished_run_with_the_same_recipe_is_reused(trained, monkeypatch) -> None:
+    model, config = trained
+    import medseg_helpers.train_job as train_job
+
+    monkeypatch.setattr(train_job, "train_from_config", lambda c: pytest.fail("retrained"))
+    again = ensure_trained_model(config.updated(progress=True), device="cpu")
+    for a, b in zip(model.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_loading_an_empty_run_directory_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="train a model there first"):
+        load_trained_model(tmp_path)
+
+
+def test_predict_logits_2d_runs_slice_by_slice_and_3d_by_sliding_window() -> None:
+    net2d = TinyNet(num_classes=3).eval()
+    volume = torch.randn(1, 5, 12, 12)
+    logits = predict_logits(net2d, volume, 2, batch_size=2)
+    assert logits.shape == (3, 5, 12, 12)
+    torch.testing.assert_close(logits[:, 1], net2d(volume[:, 1][None])[0].detach())
+    net3d = torch.nn.Conv3d(1, 2, 1).eval()  # pointwise: windows agree exactly
+    whole = predict_logits(net3d, volume, 3)
+    windowed = predict_logits(net3d, volume, 3, roi_size=(5, 8, 8), overlap=0.5)
+    assert windowed.shape == (2, 5, 12, 12)
+    torch.testing.assert_close(windowed, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(predict_probabilities(net3d, volume, 3).sum(0),
+                               torch.ones(5, 12, 12))
+
+
+def test_predict_logits_rejects_a_batch() -> None:
+    with pytest.raises(ValueError, match=r"\(C, D, H, W\)"):
+        predict_logits(TinyNet(num_classes=2), torch.randn(2, 1, 4, 8, 8), 2)
