@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 
 from medseg_helpers import synthetic
+from medseg_helpers.phantom import FLAVOURS, make_phantom
 from medseg_helpers.synthetic import (
     default_spacing_mm,
     generate_dataset,
     make_case,
-    make_phantom,
 )
 from medseg_helpers.volume import Volume
 
@@ -27,7 +27,7 @@ NUM_CASES = 8  # two blocks of four: exactly two lesion-free cases
 def cases() -> dict[str, list[tuple[np.ndarray, np.ndarray, Volume]]]:
     """``flavour -> [(image, label, image Volume)]`` for case indices 0..7, seed 0."""
     out = {}
-    for flavour in synthetic.FLAVOURS:
+    for flavour in FLAVOURS:
         out[flavour] = []
         for index in range(NUM_CASES):
             image, label = make_case(0, flavour, index, MEDIUM)
@@ -43,7 +43,7 @@ def _read(path: Path) -> tuple[np.ndarray, sitk.Image]:
 # --------------------------------------------------------------------- determinism
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_same_seed_and_index_give_identical_arrays_and_geometry(flavour):
     first = make_case(3, flavour, 5, SMALL)
     second = make_case(3, flavour, 5, SMALL)
@@ -53,7 +53,7 @@ def test_same_seed_and_index_give_identical_arrays_and_geometry(flavour):
         assert a.same_geometry(b, atol=0)
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_different_seeds_or_case_indices_give_different_phantoms(flavour):
     image, label = make_case(0, flavour, 1, SMALL)
     other_seed_image, other_seed_label = make_case(1, flavour, 1, SMALL)
@@ -103,33 +103,33 @@ def test_the_same_case_at_another_shape_shows_the_same_anatomy():
 # --------------------------------------------------------------------- content
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_labels_are_uint8_in_background_organ_lesion(cases, flavour):
     for _, label, _ in cases[flavour]:
         assert label.dtype == np.uint8
         assert set(np.unique(label)) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_both_foreground_classes_occur_and_every_case_has_an_organ(cases, flavour):
     labels = [label for _, label, _ in cases[flavour]]
     assert all((label == 1).any() for label in labels)
     assert any((label == 2).any() for label in labels)
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_one_case_in_every_block_of_four_has_no_lesion(cases, flavour):
     has_lesion = [bool((label == 2).any()) for _, label, _ in cases[flavour]]
     assert has_lesion[:4].count(False) == 1 and has_lesion[4:].count(False) == 1
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_the_organ_never_reaches_the_first_or_last_slice(cases, flavour):
     for _, label, _ in cases[flavour]:
         assert not label[0].any() and not label[-1].any()
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("num_slices", [4, 5, 6])
 def test_even_in_the_thinnest_volumes_the_end_slices_stay_empty(flavour, num_slices):
     for index in range(8):
@@ -138,7 +138,7 @@ def test_even_in_the_thinnest_volumes_the_end_slices_stay_empty(flavour, num_sli
         assert not label.array[0].any() and not label.array[-1].any()
 
 
-@pytest.mark.parametrize("flavour", synthetic.FLAVOURS)
+@pytest.mark.parametrize("flavour", FLAVOURS)
 def test_lesion_sizes_span_an_order_of_magnitude(cases, flavour):
     sizes = [int((label == 2).sum()) for _, label, _ in cases[flavour]]
     sizes = [s for s in sizes if s]
@@ -195,7 +195,7 @@ def test_some_ct_cases_hold_metal_that_breaks_divide_by_max(cases):
 
 
 def test_cases_have_identity_direction_and_a_plausible_origin(cases):
-    for flavour in synthetic.FLAVOURS:
+    for flavour in FLAVOURS:
         for _, _, volume in cases[flavour]:
             np.testing.assert_array_equal(volume.direction, np.eye(3))
             half_fov = np.array(volume.spatial_shape[::-1]) * volume.spacing_mm[::-1] / 2
