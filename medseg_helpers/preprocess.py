@@ -231,10 +231,14 @@ def resample_to_spacing(
     interpolator: str = "linear",
     default_value: float | None = None,
 ) -> Volume:
-    """Resample onto a grid with a new spacing, same origin and direction (SimpleITK).
+    """Resample onto a grid with a new spacing and the same direction (SimpleITK).
 
     The new size is ``round(old_size * old_spacing / new_spacing)`` per axis (at least 1),
-    so the grid covers the same extent; voxel ``[0, 0, 0]`` stays at ``origin_mm``.
+    and the new grid is centred on the old one, so both cover the same physical extent:
+    their outer voxel *edges* line up whenever the size divides exactly (as in nnU-Net).
+    The origin (centre of voxel ``[0, 0, 0]``) therefore moves by half the change in
+    spacing, e.g. 3 mm slices resampled to 1 mm start 1 mm further in. Keeping the origin
+    instead would shift the whole grid and push its last slice outside the scan.
 
     Args:
         volume: image ``(Z, Y, X)`` or ``(C, Z, Y, X)``, or a label ``(Z, Y, X)``.
@@ -273,10 +277,14 @@ def resample_to_spacing(
         for n, s_old, s_new in zip(volume.spatial_shape, volume.spacing_mm, spacing, strict=True)
     ]
     image = source.to_sitk()
+    old_centre_zyx = (np.array(volume.spatial_shape) - 1) * np.array(volume.spacing_mm) / 2
+    new_centre_zyx = (np.array(new_size_zyx) - 1) * np.array(spacing) / 2
+    origin_xyz = np.array(volume.origin_mm) + np.asarray(volume.direction) @ (
+        old_centre_zyx - new_centre_zyx)[::-1]
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize(new_size_zyx[::-1])
     resampler.SetOutputSpacing(spacing[::-1])
-    resampler.SetOutputOrigin(image.GetOrigin())
+    resampler.SetOutputOrigin(tuple(float(v) for v in origin_xyz))
     resampler.SetOutputDirection(image.GetDirection())
     resampler.SetInterpolator(method)
     resampler.SetDefaultPixelValue(default_value)

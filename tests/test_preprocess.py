@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medseg_helpers import io
 from medseg_helpers import preprocess as pp
 from medseg_helpers.volume import Volume
 
@@ -176,18 +177,32 @@ def test_resample_geometry(ct_volume):
     # new size = round(old_size * old_spacing / new_spacing): 10*3/1.5, 20*1/2, 30*0.8/2
     assert out.spatial_shape == (20, 10, 12)
     assert out.spacing_mm == (1.5, 2.0, 2.0)
-    assert out.origin_mm == ct_volume.origin_mm
     np.testing.assert_allclose(out.direction, ct_volume.direction)
+    # same extent, so the centres of the two grids coincide and so do the outer edges
+    centre_old = io.index_to_physical(ct_volume, (np.array(ct_volume.spatial_shape) - 1) / 2)
+    centre_new = io.index_to_physical(out, (np.array(out.spatial_shape) - 1) / 2)
+    np.testing.assert_allclose(centre_new, centre_old, atol=1e-9)
+    edge_old = io.index_to_physical(ct_volume, [-0.5, -0.5, -0.5])
+    np.testing.assert_allclose(io.index_to_physical(out, [-0.5, -0.5, -0.5]), edge_old, atol=1e-9)
     assert out.array.dtype == np.float32
 
 
 def test_linear_resampling_of_a_ramp_is_exact():
-    # value = z position in mm; linear interpolation reproduces it inside the grid
+    # value = z position in mm of slice centres 0, 4, ..., 28 (edges -2 and 30). At 1 mm the
+    # 32 new centres are -1.5, -0.5, ..., 29.5: exact inside [0, 28], clamped beyond it.
     z_mm = np.arange(8, dtype=np.float32) * 4.0
     volume = Volume(np.broadcast_to(z_mm[:, None, None], (8, 3, 3)).copy(), (4.0, 1.0, 1.0))
     out = pp.resample_to_spacing(volume, (1.0, 1.0, 1.0))
     assert out.spatial_shape == (32, 3, 3)
-    np.testing.assert_allclose(out.array[:29, 1, 1], np.arange(29), atol=1e-4)
+    assert out.origin_mm[2] == -1.5
+    np.testing.assert_allclose(out.array[2:30, 1, 1], np.arange(2, 30) - 1.5, atol=1e-4)
+    np.testing.assert_allclose(out.array[[0, 1, 30, 31], 1, 1], [0, 0, 28, 28], atol=1e-4)
+
+
+def test_resampling_there_and_back_restores_the_grid(ct_volume):
+    there = pp.resample_to_spacing(ct_volume, (1.5, 0.5, 0.4))
+    back = pp.resample_to_spacing(there, ct_volume.spacing_mm)
+    assert back.same_geometry(ct_volume)
 
 
 def test_label_resampling_keeps_values_and_dtype(ct_volume):
