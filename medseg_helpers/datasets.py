@@ -37,7 +37,7 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from medseg_helpers import preprocess
+from medseg_helpers import cropping, preprocess
 from medseg_helpers.io import load_image_label_pair, read_volume
 from medseg_helpers.labels import check_label_values
 from medseg_helpers.slicing import SliceInfo, merge_slices, slice_volume
@@ -704,7 +704,7 @@ def _centre_candidates(label: np.ndarray, patient_id: str) -> tuple[np.ndarray, 
 def _prepare_patch_case(case: Case, settings: dict) -> dict[str, np.ndarray]:
     """Preprocessed case padded (image with its minimum, label with 0) to >= the patch."""
     image, label, _ = _prepare(case, settings)
-    image, label, _ = preprocess.pad_to_shape(image, label, shape=settings["patch_size"])
+    image, label, _ = cropping.pad_to_shape(image, label, shape=settings["patch_size"])
     fg, bg = _centre_candidates(label.array, case.patient_id)
     return {"image": image.array, "label": label.array[np.newaxis], "fg": fg, "bg": bg}
 

@@ -1,10 +1,8 @@
-"""Tests for medseg_helpers.preprocess: intensity normalisation, resampling, crop and pad."""
+"""Tests for medseg_helpers.preprocess: intensity normalisation and resampling."""
 
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -15,20 +13,6 @@ from medseg_helpers import preprocess as pp
 from medseg_helpers.volume import Volume
 
 CT_VALUES = np.array([-1000, -160, 0, 40, 240, 1000], dtype=np.int16)
-
-
-def _rotation_z(degrees: float) -> np.ndarray:
-    t = np.deg2rad(degrees)
-    return np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
-
-
-@pytest.fixture
-def ct_volume() -> Volume:
-    """(10, 20, 30) CT-like volume: air, a soft-tissue box, a bone voxel; oblique geometry."""
-    array = np.full((10, 20, 30), -1000, dtype=np.int16)
-    array[2:8, 5:15, 8:22] = 40
-    array[4, 10, 12] = 700
-    return Volume(array, (3.0, 1.0, 0.8), (-12.5, 30.0, 7.0), _rotation_z(30))
 
 
 # ---------------------------------------------------------------------- intensity
@@ -232,77 +216,8 @@ def test_resample_bad_arguments_raise(ct_volume, kwargs, match):
         pp.resample_to_spacing(ct_volume, **kwargs)
 
 
-# ---------------------------------------------------------------------- crop and pad
-
-
-def _physical(volume: Volume, index_zyx) -> np.ndarray:
-    index_xyz = [int(i) for i in index_zyx[::-1]]
-    return np.array(volume.to_sitk().TransformIndexToPhysicalPoint(index_xyz))
-
-
-def test_crop_keeps_physical_positions_and_undoes(ct_volume):
-    label = ct_volume.with_array((ct_volume.array > 0).astype(np.uint8))
-    image, cropped_label, box = pp.crop_to_foreground(
-        ct_volume, label, margin=1, mask=ct_volume.array > -500
-    )
-    # box of the soft-tissue block [2:8, 5:15, 8:22] plus one voxel each side
-    assert box.start == (1, 4, 7) and box.stop == (9, 16, 23)
-    assert image.spatial_shape == cropped_label.spatial_shape == (8, 12, 16)
-    for index in [(0, 0, 0), (3, 5, 7), (7, 11, 15)]:
-        source_index = np.add(index, box.start)
-        np.testing.assert_allclose(_physical(image, index), _physical(ct_volume, source_index))
-        assert image.array[index] == ct_volume.array[tuple(source_index)]
-    restored = pp.undo_crop(image, box, fill_value=-1000)
-    assert restored.same_geometry(ct_volume, atol=1e-9)
-    np.testing.assert_array_equal(restored.array, ct_volume.array)
-
-
-def test_crop_default_mask_is_nonzero_voxels():
-    array = np.zeros((5, 6, 7), dtype=np.float32)
-    array[1, 2, 3] = 1.0
-    image, label, box = pp.crop_to_foreground(Volume(array))
-    assert label is None and image.spatial_shape == (1, 1, 1) and box.start == (1, 2, 3)
-
-
-def test_crop_errors(ct_volume):
-    with pytest.raises(ValueError, match="no foreground"):
-        pp.crop_to_foreground(ct_volume, mask=np.zeros(ct_volume.spatial_shape))
-    other = Volume(np.zeros((10, 20, 29)))
-    with pytest.raises(ValueError, match=r"\(10, 20, 30\) vs \(10, 20, 29\)"):
-        pp.crop_to_foreground(ct_volume, other)
-
-
-def test_pad_to_multiple_keeps_physical_positions_and_undoes(ct_volume):
-    label = ct_volume.with_array((ct_volume.array > 0).astype(np.uint8))
-    image, padded_label, pad = pp.pad_to_multiple(ct_volume, label, multiple=8)
-    # (10, 20, 30) -> (16, 24, 32); missing (6, 4, 2) split before/after as (3, 2, 1)
-    assert image.spatial_shape == padded_label.spatial_shape == (16, 24, 32)
-    assert pad.before == (3, 2, 1) and pad.after == (3, 2, 1)
-    np.testing.assert_allclose(_physical(image, pad.before), _physical(ct_volume, (0, 0, 0)))
-    assert image.array[0, 0, 0] == -1000  # default fill: image minimum (air)
-    assert padded_label.array[0, 0, 0] == 0
-    restored = pp.undo_pad(image, pad)
-    assert restored.same_geometry(ct_volume, atol=1e-9)
-    np.testing.assert_array_equal(restored.array, ct_volume.array)
-    np.testing.assert_array_equal(pp.undo_pad(padded_label, pad).array, label.array)
-
-
-def test_pad_to_shape_never_crops_and_handles_channels():
-    volume = Volume(np.ones((2, 4, 9, 5), dtype=np.float32))
-    image, _, pad = pp.pad_to_shape(volume, shape=(5, 6, 5), image_fill=0.0)
-    assert image.array.shape == (2, 5, 9, 5)
-    assert pad.before == (0, 0, 0) and pad.after == (1, 0, 0)
-
-
 def test_resampled_volume_roundtrips_through_sitk(ct_volume):
     out = pp.resample_to_spacing(ct_volume, (2.0, 2.0, 2.0))
     again = Volume.from_sitk(out.to_sitk())
     assert again.same_geometry(out)
     assert isinstance(out.to_sitk(), sitk.Image)
-
-
-def test_crop_box_and_pad_widths_survive_json(ct_volume):
-    _, _, box = pp.crop_to_foreground(ct_volume, mask=ct_volume.array > -500)
-    _, _, pad = pp.pad_to_multiple(ct_volume, multiple=16)
-    assert pp.CropBox(**json.loads(json.dumps(asdict(box)))) == box
-    assert pp.PadWidths(**json.loads(json.dumps(asdict(pad)))) == pad
