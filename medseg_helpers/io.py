@@ -38,6 +38,9 @@ IMAGE_IOS: dict[str, str] = {
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(IMAGE_IOS)
 _DETACHED_HEADERS = (".nhdr", ".mhd")  # header plus a separate data file
+#: Slice gaps may differ by this much (mm) before a DICOM series is reported as uneven;
+#: positions written with 10 significant digits differ by ~1e-7 mm.
+DICOM_GAP_TOLERANCE_MM = 1e-3
 _AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 PathLike = str | os.PathLike
 
@@ -144,6 +147,19 @@ def check_finite(volume: Volume, source: PathLike | None = None) -> None:
     )
 
 
+def _slice_gap_deviation(reader: sitk.ImageSeriesReader, image: sitk.Image) -> float:
+    """Largest difference (mm) between a gap of consecutive slices and the median gap,
+    measured along the slice normal from each file's ImagePositionPatient."""
+    count = len(reader.GetFileNames())
+    if count < 3 or not all(reader.HasMetaDataKey(i, "0020|0032") for i in range(count)):
+        return 0.0
+    positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                          for i in range(count)])
+    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    gaps = np.diff(positions @ normal)
+    return float(np.max(np.abs(gaps - np.median(gaps))))
+
+
 def list_dicom_series(folder: PathLike) -> tuple[str, ...]:
     """SeriesInstanceUIDs of the DICOM files directly in ``folder`` (sub-folders not searched)."""
     return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -183,14 +199,16 @@ def read_dicom_series(
         raise VolumeReadError(f"no series {series_uid} in {folder}; found: {', '.join(uids)}")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_uid or uids[0]))
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as err:
         raise VolumeReadError(f"cannot read DICOM series in {folder}: {_itk_reason(err)}") from err
-    if image.HasMetaDataKey("ITK_non_uniform_sampling_deviation"):
-        deviation = image.GetMetaData("ITK_non_uniform_sampling_deviation")
+    deviation = _slice_gap_deviation(reader, image)
+    if deviation > DICOM_GAP_TOLERANCE_MM:
         logger.warning(
-            "%s: missing slices or uneven slice spacing (max deviation %s mm)", folder, deviation
+            "%s: missing slices or uneven slice spacing (gaps differ by up to %.3g mm; ITK "
+            "uses the mean spacing, so positions drift)", folder, deviation
         )
     volume = _volume_from_image(image, folder)
     if not allow_nonfinite:
