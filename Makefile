@@ -6,7 +6,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROFILE ?= smoke
+# PROFILE=cpu make course (or MEDSEG_PROFILE=cpu make course): smoke | cpu | gpu.
+PROFILE ?= $(or $(MEDSEG_PROFILE),smoke)
 TORCH_PIN := torch==2.13.0
 EXTRAS := course,deploy,tune,explain,dev
 LOCK := requirements/cpu-lock.txt
@@ -31,7 +32,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
-## The whole course on the synthetic data (PROFILE=cpu for real learning).
+## The whole course (PROFILE=cpu for real learning, PROFILE=gpu downloads Task04_Hippocampus).
+## Writes runs/course-$(PROFILE)/report.md and report.html; fails if a threshold is missed.
 course: setup
 	$(BIN)/medseg data synth --profile $(PROFILE)
 	$(BIN)/medseg course run --profile $(PROFILE)

@@ -4,7 +4,8 @@ Conventions (DEVELOPERS.md, COURSE_DESIGN.md §5):
 
 * outputs stripped and execution counts cleared, except in code cells marked
   ``# NBVAL_CHECK_OUTPUT`` (their small deterministic outputs are checked by nbval);
-* the first code cell is the guarded Colab bootstrap;
+* the first code cell is the guarded Colab bootstrap, the same text in every notebook
+  (tests/test_bootstrap.py runs it in a fresh venv, so one tested text serves all);
 * exactly one cell tagged ``parameters``, which reads ``MEDSEG_PROFILE`` defaults;
 * no ``cuda`` literal (use ``get_device()``), no absolute paths, no ``pip install``
   outside the bootstrap;
@@ -67,6 +68,74 @@ def check_notebook(path: str | os.PathLike) -> list[Problem]:
         return [Problem(path.name, None, f"cannot be read as JSON: {exc}")]
     messages = _check_metadata(nb) + _check_code_cells(nb) + _check_structure(nb)
     return [Problem(path.name, cell, message) for cell, message in messages]
+
+
+def check_course(paths: list[Path]) -> list[Problem]:
+    """`check_notebook` on every notebook, plus the checks that span the course.
+
+    Course-wide: the bootstrap cell (first code cell) must be identical in every
+    notebook, since only one text is tested (the first notebook's is the reference),
+    and outputs must already be stripped (`strip_notebook` would change nothing).
+
+    Args:
+        paths: the course notebooks in order (`course.list_notebooks`).
+
+    Returns:
+        Every problem found, notebook by notebook (empty list = clean course).
+    """
+    problems = [p for path in paths for p in check_notebook(path)]
+    reference: tuple[str, str] | None = None
+    for path in paths:
+        bootstrap = _bootstrap_source(path)
+        if bootstrap is None:
+            continue  # unreadable or missing: check_notebook reported it
+        if reference is None:
+            reference = (path.name, bootstrap)
+        elif bootstrap != reference[1]:
+            problems.append(Problem(path.name, None, _bootstrap_difference(reference, bootstrap)))
+    for path in paths:
+        try:
+            unstripped = strip_notebook(path, check_only=True)
+        except (OSError, ValueError):
+            continue  # unreadable: check_notebook reported it
+        if unstripped:
+            message = "outputs not stripped (run 'medseg course strip')"
+            problems.append(Problem(path.name, None, message))
+    return problems
+
+
+def bootstrap_source(path: str | os.PathLike) -> str:
+    """The text of a notebook's Colab bootstrap (its first code cell).
+
+    Raises:
+        ValueError: the notebook has no code cell or its first one is not the bootstrap.
+    """
+    source = _bootstrap_source(Path(path))
+    if source is None:
+        raise ValueError(f"{Path(path).name}: first code cell is not the Colab bootstrap")
+    return source
+
+
+def _bootstrap_source(path: Path) -> str | None:
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    code = [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
+    if not code or BOOTSTRAP_MARKER not in _source(code[0]):
+        return None
+    return _source(code[0])
+
+
+def _bootstrap_difference(reference: tuple[str, str], other: str) -> str:
+    name, text = reference
+    ours, theirs = other.splitlines(), text.splitlines()
+    pairs = zip(ours, theirs, strict=False)
+    line = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(ours), len(theirs)))
+    return (
+        f"Colab bootstrap differs from {name}'s at line {line + 1}; "
+        "copy it exactly (one tested text for every notebook)"
+    )
 
 
 def _check_metadata(nb: dict) -> list[tuple[int | None, str]]:

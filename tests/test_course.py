@@ -74,6 +74,8 @@ def test_run_course_runs_in_order_and_reports(notebooks, tmp_path):
     assert summary["notebooks"]["02_c"]["metrics"] == {"y": 2.5}
     assert (out / "notebooks" / "01_b.ipynb").exists()  # executed copy kept for debugging
     assert "| 01_b | failed |" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "boom in 01" in page and summary["environment"]["torch"] in page
 
 
 @pytest.mark.slow
@@ -106,3 +108,79 @@ def test_unknown_notebook_selection_lists_what_exists(notebooks, tmp_path):
     _notebook(notebooks / "00_a.ipynb", "pass")
     with pytest.raises(ValueError, match="no notebook matches \\['42'\\]; available: 00_a"):
         course.run_course("smoke", tmp_path, notebooks=["42"], notebook_dir=notebooks)
+
+
+def test_threshold_checks_judge_each_metric(monkeypatch):
+    monkeypatch.setitem(course.THRESHOLDS, "cpu", {"05_training": {
+        "val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0), "lesion_dice": (">=", 0.5)}})
+    checks = course.threshold_checks("cpu", "05_training", {"val_dice": 0.9, "hd95_mm": 7.5})
+    assert checks == [
+        {"metric": "val_dice", "rule": ">= 0.85", "value": 0.9, "passed": True},
+        {"metric": "hd95_mm", "rule": "<= 5.0", "value": 7.5, "passed": False},
+        {"metric": "lesion_dice", "rule": ">= 0.5", "value": None, "passed": False},
+    ]
+
+
+# ------------------------------------------------------------------------------ the report
+
+PNG_1PX = bytes.fromhex(  # a valid 1x1 RGBA PNG
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a5d6d1b70000000049454e44ae426082"
+)
+
+
+def _results(monkeypatch):
+    monkeypatch.setitem(course.THRESHOLDS, "cpu", {"05_training": {
+        "best_val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0)}})
+    metrics = {"best_val_dice": 0.91, "epochs": 15}
+    good = course.NotebookResult(
+        "05_training", "passed", 62.5, metrics,
+        course.check_thresholds("cpu", "05_training", metrics),
+        checks=course.threshold_checks("cpu", "05_training", metrics),
+    )  # fmt: skip
+    bad = course.NotebookResult("06_evaluation", "failed", 3.0, error="ValueError: x < 0 & y")
+    return [good, bad]
+
+
+def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_path, monkeypatch):
+    import base64
+
+    from medseg_helpers.report import write_report
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "05_training_curves.png").write_bytes(PNG_1PX)
+    (tmp_path / "figures" / "050_other.png").write_bytes(PNG_1PX)  # another notebook's
+    env = {"torch": "2.13.0+cpu", "device": "cpu"}
+    md = write_report(_results(monkeypatch), "cpu", tmp_path, environment=env,
+                      profile_settings={"max_epochs": 15, "volume_shape": (32, 96, 96)})
+
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1  # only 05_training's figure
+    assert base64.b64encode(PNG_1PX).decode() in page
+    assert "<figcaption>curves</figcaption>" in page
+    for external in ('src="figures', "<link", "<script", "http://", "https://"):
+        assert external not in page
+    assert "<td>best_val_dice</td><td class=\"num\">0.91</td><td>&gt;= 0.85</td>" in page
+    assert "<td>hd95_mm</td><td>missing</td><td>&lt;= 5.0</td>" in page
+    assert "ValueError: x &lt; 0 &amp; y" in page  # escaped, not markup
+    assert "2.13.0+cpu" in page and "[32, 96, 96]" in page
+    assert '<span class="fail">FAILED</span>' in page
+
+    text = md.read_text()
+    assert "| best_val_dice | 0.91 | >= 0.85 | pass |" in text
+    assert "| hd95_mm | missing | <= 5.0 | FAIL |" in text
+    assert "![05_training_curves](figures/05_training_curves.png)" in text
+    assert "| 05_training | passed | 62.5 |" in text and "hd95_mm missing" in text
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["passed"] is False and summary["total_seconds"] == 65.5
+    assert summary["environment"] == env
+    assert summary["notebooks"]["05_training"]["checks"][0]["passed"] is True
+
+
+def test_report_says_when_a_notebook_has_no_thresholds(tmp_path):
+    from medseg_helpers.report import format_summary_table, write_report
+
+    result = course.NotebookResult("03_unet", "passed", 1.0, {"params": 123})
+    write_report([result], "smoke", tmp_path)
+    assert "| 03_unet | passed | 1.0 | params=123 | none set |" in format_summary_table([result])
+    assert "| params | 123 |  |  |" in (tmp_path / "report.md").read_text()

@@ -113,3 +113,54 @@ def test_copy_checked_outputs_refreshes_only_checked_cells(tmp_path):
     assert cells[2]["outputs"] == []
     assert cells[3]["execution_count"] == 3  # nbval refuses checked outputs without it
     assert check_notebook(source) == []
+
+
+def test_course_check_requires_one_bootstrap_text_in_every_notebook(tmp_path):
+    from medseg_helpers.nbhygiene import check_course
+
+    first = tmp_path / "00_first.ipynb"
+    nbformat.write(_clean_notebook(), first)
+    second = _clean_notebook()
+    second.cells[1].source = BOOTSTRAP.replace("pass", "print('old text')")
+    nbformat.write(second, tmp_path / "01_second.ipynb")
+    same = tmp_path / "02_same.ipynb"
+    nbformat.write(_clean_notebook(), same)
+
+    problems = [str(p) for p in check_course(sorted(tmp_path.glob("*.ipynb")))]
+    assert problems == [
+        "01_second.ipynb: Colab bootstrap differs from 00_first.ipynb's at line 3; "
+        "copy it exactly (one tested text for every notebook)"
+    ]
+
+
+def test_course_check_reports_unstripped_outputs_once_per_notebook(tmp_path):
+    from medseg_helpers.nbhygiene import check_course
+
+    nb = _clean_notebook()
+    nb.cells[3].execution_count = 1  # checked cell: allowed
+    nb.cells[3].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    nb.cells[3].metadata["execution"] = {"iopub.status.busy": "2026-01-01"}  # strip removes it
+    path = _write(tmp_path, nb)
+    assert [str(p) for p in check_course([path])] == [
+        "99_example.ipynb: outputs not stripped (run 'medseg course strip')"
+    ]
+
+
+def test_bootstrap_source_names_a_notebook_without_one(tmp_path):
+    from medseg_helpers.nbhygiene import bootstrap_source
+
+    nb = _clean_notebook()
+    assert bootstrap_source(_write(tmp_path, nb)) == BOOTSTRAP
+    nb.cells.pop(1)
+    with pytest.raises(ValueError, match="99_example.ipynb: first code cell is not the Colab"):
+        bootstrap_source(_write(tmp_path, nb))
+
+
+def test_committed_notebooks_share_the_bootstrap_of_00():
+    from medseg_helpers.course import list_notebooks
+    from medseg_helpers.nbhygiene import bootstrap_source
+
+    texts = {path.name: bootstrap_source(path) for path in list_notebooks()}
+    reference = texts.pop("00_setup.ipynb")
+    assert "KEEP_TORCH" in reference  # the tested text pins Colab's torch
+    assert {name for name, text in texts.items() if text != reference} == set()

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +70,49 @@ def test_makefile_installs_the_cpu_torch_pin_before_the_rest():
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+COLAB = "https://colab.research.google.com/github/{repo}/blob/main/notebooks/{name}"
+BADGE = "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def test_readme_has_an_open_in_colab_badge_for_every_notebook():
+    import json
+
+    bootstrap = json.loads((ROOT / "notebooks" / "00_setup.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in bootstrap if c["cell_type"] == "code")
+    [repo] = re.findall(r'REPO = "https://github\.com/([^"]+)"', source)
+    readme = (ROOT / "README.md").read_text()
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        url = COLAB.format(repo=repo, name=notebook.name)
+        badge = BADGE.format(url=url)
+        assert badge in readme, f"README lacks the Colab badge of {notebook.name}"
+        assert f"| `{notebook.stem}` |" in readme  # one course-map line per notebook
+
+
+def _make_dry_run(*args: str, **env: str) -> list[str]:
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    clean = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "MEDSEG_PROFILE")}
+    done = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT,
+                          env={**clean, **env}, capture_output=True, text=True, check=True)
+    return [line for line in done.stdout.splitlines() if "medseg course run" in line]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "profile"),
+    [
+        ((), {}, "smoke"),
+        ((), {"PROFILE": "cpu"}, "cpu"),
+        ((), {"MEDSEG_PROFILE": "gpu"}, "gpu"),
+        (("PROFILE=cpu",), {"MEDSEG_PROFILE": "gpu"}, "cpu"),  # the explicit one wins
+    ],
+)
+def test_make_course_takes_the_profile_from_profile_or_medseg_profile(args, env, profile):
+    assert _make_dry_run("course", *args, **env) == [
+        f".venv/bin/medseg course run --profile {profile}"
+    ]
