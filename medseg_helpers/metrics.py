@@ -23,17 +23,47 @@ lesion on a lesion-free slice does not lower its score; ``empty="nan"`` (the nnU
 convention) does count it, as 0. Means over cases skip NaN (`DiceAccumulator`).
 
 Checked against ``monai.metrics.DiceMetric`` in ``tests/test_metrics.py``.
+
+Voxel-counting metrics of one case (NumPy, for evaluation on the source grid) come from its
+confusion matrix (`confusion_matrix`, `overlap_metrics`): per class ``c``, one-vs-rest,
+``TP`` = voxels of ``c`` predicted ``c``, ``FP`` = predicted ``c`` but not ``c``,
+``FN`` = ``c`` predicted as something else, ``TN`` = the rest.
+
+=============  ============================  ==========================================
+metric         formula                       undefined (NaN) when
+=============  ============================  ==========================================
+Dice           2 TP / (2 TP + FP + FN)       class absent from truth and prediction
+IoU (Jaccard)  TP / (TP + FP + FN)           class absent from truth and prediction
+accuracy       (TP + TN) / N                 never
+sensitivity    TP / (TP + FN)  (recall)      class absent from the truth
+specificity    TN / (TN + FP)                every voxel is the class in the truth
+precision      TP / (TP + FP)  (PPV)         class absent from the prediction
+=============  ============================  ==========================================
+
+A false positive on a case without the class therefore scores Dice = IoU = 0 (as
+``compute_dice(empty="nan")``), and a missed class scores sensitivity 0 but precision NaN.
+These are MONAI's ``compute_confusion_matrix_metric`` conventions (0 / 0 is NaN). Accuracy
+is dominated by the background under class imbalance: predicting "no lesion" everywhere on
+a scan where the lesion is 0.1 % of the voxels scores 0.999.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 EmptyScore = Literal["nan", "one"]
 
-__all__ = ["DiceAccumulator", "compute_dice"]
+__all__ = [
+    "DiceAccumulator",
+    "compute_dice",
+    "confusion_matrix",
+    "overlap_metrics",
+    "volume_ml",
+]
 
 
 def _as_flat_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,3 +193,85 @@ class DiceAccumulator:
         """``(mean over classes of the per-class means, per-class means)``; NaN-aware."""
         per_class = self.per_class()
         return float(torch.nanmean(per_class)), per_class.tolist()
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxel confusion matrix of two label maps.
+
+    Args:
+        pred: predicted labels, any shape, integer values in ``[0, num_classes)``.
+        target: ground-truth labels, same shape and range.
+        num_classes: ``K``, classes including background.
+
+    Returns:
+        ``(K, K)`` int64 counts; row = true class, column = predicted class (the layout of
+        ``sklearn.metrics.confusion_matrix``).
+
+    Raises:
+        ValueError: shapes differ (both named), a float mask, or values out of range.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} do not have the same shape")
+    for name, mask in (("pred", pred), ("target", target)):
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+            raise TypeError(f"{name} must be an integer label map, got dtype {mask.dtype}")
+        if mask.size and (int(mask.min()) < 0 or int(mask.max()) >= num_classes):
+            found = np.unique(mask).tolist()
+            raise ValueError(f"{name} has values {found[:10]} outside [0, {num_classes}) "
+                             f"(num_classes={num_classes})")
+    index = target.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` as float64, NaN where the denominator is 0."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def overlap_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class voxel-counting metrics from a confusion matrix (see the module docstring).
+
+    Args:
+        confusion: ``(K, K)`` counts, rows = truth, columns = prediction
+            (`confusion_matrix`).
+
+    Returns:
+        ``{name: (K,) array}`` for ``tp``, ``fp``, ``fn``, ``tn`` (int64) and ``dice``,
+        ``iou``, ``accuracy``, ``sensitivity``, ``specificity``, ``precision`` (float64 in
+        [0, 1], NaN where undefined).
+
+    Example:
+        >>> cm = confusion_matrix(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), 2)
+        >>> overlap_metrics(cm)["dice"][1]  # 2 * 1 / (2 * 1 + 1 + 0)
+        np.float64(0.6666666666666666)
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be a square (K, K) matrix, got shape {confusion.shape}")
+    tp = np.diagonal(confusion).copy()
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    tn = confusion.sum() - tp - fp - fn
+    return {
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "accuracy": _ratio(tp + tn, np.full_like(tp, confusion.sum())),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+    }  # fmt: skip
+
+
+def volume_ml(counts: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Voxel counts to volumes in millilitres (1 mL = 1000 mm^3).
+
+    Args:
+        counts: voxel counts, any shape.
+        spacing_mm: voxel size per axis in mm (2 values for pixels give mm^2 / 1000).
+    """
+    return np.asarray(counts, dtype=np.float64) * float(np.prod(spacing_mm)) / 1000.0

@@ -32,6 +32,19 @@ LABEL_COLORS = np.array(
 )
 VIEWS = ("axial", "coronal", "sagittal")
 
+#: RGBA of the error-map categories of `error_map`: 0 nothing, 1 true positive (faint
+#: white), 2 false positive (magenta), 3 false negative (yellow). Magenta and yellow stay
+#: distinct for the common colour-vision deficiencies and from the label colours.
+ERROR_COLORS = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0],  # 0 true negative: transparent
+        [1.0, 1.0, 1.0, 0.35],  # 1 true positive: faint white
+        [0.91, 0.12, 0.75, 1.0],  # 2 false positive: magenta
+        [1.0, 0.84, 0.0, 1.0],  # 3 false negative: yellow
+    ]
+)
+ERROR_NAMES = ("TN", "TP", "FP", "FN")
+
 
 def label_cmap(num_classes: int | None = None) -> ListedColormap:
     """Colormap giving label ``k`` the colour ``LABEL_COLORS[k]`` (background transparent)."""
@@ -101,6 +114,54 @@ def show_slice(
     ax.set_axis_off()
 
 
+def show_contours(
+    ax: plt.Axes, label: np.ndarray, classes: list[int] | None = None, linewidth: float = 1.5,
+    linestyle: str = "solid",
+) -> None:
+    """Outline each class of a ``(H, W)`` label map in its `LABEL_COLORS` colour.
+
+    Draw on an axes that already shows the image (``show_slice``); outlines follow the
+    pixel edges' midpoints. ``classes`` default: every non-zero label present.
+    """
+    label = np.asarray(label)
+    classes = classes if classes is not None else [int(c) for c in np.unique(label) if c != 0]
+    for c in classes:
+        mask = (label == c).astype(float)
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors=[LABEL_COLORS[c % len(LABEL_COLORS)]],
+                       linewidths=linewidth, linestyles=linestyle)
+
+
+def error_map(truth: np.ndarray, pred: np.ndarray, class_index: int) -> np.ndarray:
+    """Categories of one class's errors: 0 TN, 1 TP, 2 FP, 3 FN (colours `ERROR_COLORS`).
+
+    Args:
+        truth: integer labels, any shape.
+        pred: integer labels, same shape.
+        class_index: the class scored (one-vs-rest).
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and pred {pred.shape} do not have the same shape")
+    t, p = truth == class_index, pred == class_index
+    out = np.zeros(truth.shape, np.uint8)
+    out[t & p], out[~t & p], out[t & ~p] = 1, 2, 3
+    return out
+
+
+def show_errors(
+    ax: plt.Axes, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, class_index: int,
+    aspect: float = 1.0, title: str | None = None,
+) -> None:
+    """Grey image with one class's true positives, false positives and false negatives."""
+    show_slice(ax, image, aspect=aspect, title=title)
+    ax.imshow(error_map(truth, pred, class_index), cmap=ListedColormap(ERROR_COLORS), vmin=0,
+              vmax=len(ERROR_COLORS) - 1, aspect=aspect, interpolation="nearest")
+
+
 def plot_orthogonal(
     image: Volume, label: Volume | None = None, index: tuple[int, int, int] | None = None
 ) -> plt.Figure:
@@ -115,10 +176,19 @@ def plot_orthogonal(
     return fig
 
 
-def slice_viewer(image: Volume, label: Volume | None = None):
-    """An ipywidgets viewer: choose the view, the slice and the overlay opacity.
+def slice_viewer(image: Volume, label: Volume | None = None, pred: Volume | None = None,
+                 class_index: int | None = None):
+    """An ipywidgets viewer: view, slice, overlay opacity and layers.
 
-    Returns the widget box; display it as the last expression of a cell.
+    Args:
+        image: the scan (LPS, see `extract_view`).
+        label: ground truth, drawn filled.
+        pred: a prediction on the same grid, drawn as outlines (or as an error map of
+            ``class_index`` when the "errors" layer is on).
+        class_index: class of the error map; default the highest label in ``label``.
+
+    Returns:
+        the widget box; display it as the last expression of a cell.
     """
     import ipywidgets as widgets
 
@@ -129,16 +199,37 @@ def slice_viewer(image: Volume, label: Volume | None = None):
         description="slice", continuous_update=False,
     )  # fmt: skip
     alpha = widgets.FloatSlider(value=0.45, min=0.0, max=1.0, step=0.05, description="overlay")
+    layers = {name: widgets.Checkbox(value=name != "errors", description=name, indent=False)
+              for name, volume in (("truth", label), ("prediction", pred), ("errors", pred))
+              if volume is not None}
+    if "errors" in layers and label is None:
+        del layers["errors"]
+    if class_index is None and label is not None:
+        class_index = int(label.array.max())
     output = widgets.Output()
+
+    def layer(volume: Volume | None, name: str) -> np.ndarray | None:
+        box = layers.get(name)
+        if volume is None or box is None or not box.value:
+            return None
+        return extract_view(volume, view.value, index.value)[0]
 
     def redraw(*_) -> None:
         slice_2d, aspect = extract_view(image, view.value, index.value)
-        label_2d = extract_view(label, view.value, index.value)[0] if label is not None else None
+        truth_2d, pred_2d = layer(label, "truth"), layer(pred, "prediction")
+        errors = layers.get("errors") is not None and layers["errors"].value
         with output:
             output.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5, 5))
-            show_slice(ax, slice_2d, label_2d, aspect, alpha.value, f"{view.value} {index.value}",
-                       vmin, vmax)  # fmt: skip
+            if errors:
+                show_errors(ax, slice_2d, extract_view(label, view.value, index.value)[0],
+                            extract_view(pred, view.value, index.value)[0], class_index,
+                            aspect, f"{view.value} {index.value}: errors, class {class_index}")
+            else:
+                show_slice(ax, slice_2d, truth_2d, aspect, alpha.value,
+                           f"{view.value} {index.value}", vmin, vmax)
+                if pred_2d is not None:
+                    show_contours(ax, pred_2d)
             plt.show()
 
     def on_view(change) -> None:
@@ -147,10 +238,11 @@ def slice_viewer(image: Volume, label: Volume | None = None):
         redraw()
 
     view.observe(on_view, names="value")
-    index.observe(redraw, names="value")
-    alpha.observe(redraw, names="value")
+    for control in (index, alpha, *layers.values()):
+        control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([view, alpha]), index, output])
+    return widgets.VBox([widgets.HBox([view, alpha]), index,
+                         widgets.HBox(list(layers.values())), output])
 
 
 def save_figure(

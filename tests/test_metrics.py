@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.metrics import DiceAccumulator, compute_dice
+from medseg_helpers.metrics import (
+    DiceAccumulator,
+    compute_dice,
+    confusion_matrix,
+    overlap_metrics,
+    volume_ml,
+)
 
 
 def _masks() -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,3 +160,99 @@ def test_accumulator_averages_per_class_over_scored_cases() -> None:
     assert mean == pytest.approx((5 / 6 + 1.0) / 2)
     accumulator.reset()
     assert math.isnan(accumulator.aggregate()[0])
+
+
+# --- voxel-counting metrics of one case (NumPy) --------------------------------------------
+
+
+def test_confusion_matrix_hand_worked_and_matches_sklearn() -> None:
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    target = np.array([0, 1, 1, 1, 2, 0])
+    pred = np.array([0, 1, 1, 0, 0, 2])
+    # rows = truth: class 0 -> pred {0, 2}; class 1 -> pred {1, 1, 0}; class 2 -> pred {0}
+    expected = np.array([[1, 0, 1], [1, 2, 0], [1, 0, 0]])
+    assert np.array_equal(confusion_matrix(pred, target, 3), expected)
+    generator = np.random.default_rng(0)
+    pred, target = generator.integers(0, 3, (2, 5, 7)), generator.integers(0, 3, (2, 5, 7))
+    assert np.array_equal(confusion_matrix(pred, target, 3),
+                          sk_confusion(target.ravel(), pred.ravel(), labels=[0, 1, 2]))
+
+
+def test_overlap_metrics_hand_worked() -> None:
+    target = np.array([0, 1, 1, 1, 2, 0])
+    pred = np.array([0, 1, 1, 0, 0, 2])
+    m = overlap_metrics(confusion_matrix(pred, target, 3))
+    # class 1: TP 2, FP 0, FN 1, TN 3
+    assert (m["tp"][1], m["fp"][1], m["fn"][1], m["tn"][1]) == (2, 0, 1, 3)
+    assert m["dice"][1] == pytest.approx(4 / 5)  # 2*2 / (2*2 + 0 + 1)
+    assert m["iou"][1] == pytest.approx(2 / 3)  # 2 / (2 + 0 + 1)
+    assert m["accuracy"][1] == pytest.approx(5 / 6)  # (2 + 3) / 6
+    assert m["sensitivity"][1] == pytest.approx(2 / 3)
+    assert m["specificity"][1] == 1.0  # 3 / (3 + 0)
+    assert m["precision"][1] == 1.0
+    # class 2: TP 0, FP 1, FN 1: Dice 0, precision 0 / 1 = 0
+    assert m["dice"][2] == 0.0 and m["precision"][2] == 0.0
+    assert np.allclose(m["dice"], compute_dice(torch.from_numpy(pred)[None],
+                                               torch.from_numpy(target)[None], 3,
+                                               include_background=True)[0].numpy())
+
+
+def test_accuracy_is_misleading_under_imbalance() -> None:
+    target = np.zeros(1000, dtype=np.int64)
+    target[:1] = 1  # a 1-voxel lesion in 1000 voxels
+    m = overlap_metrics(confusion_matrix(np.zeros_like(target), target, 2))
+    assert m["accuracy"][1] == pytest.approx(0.999)  # "99.9 % accurate"...
+    assert m["dice"][1] == 0.0 and m["sensitivity"][1] == 0.0  # ...and finds nothing
+
+
+def test_empty_class_conventions() -> None:
+    target = np.zeros((4, 4), dtype=np.int64)
+    both_empty = overlap_metrics(confusion_matrix(target, target, 2))
+    for name in ("dice", "iou", "sensitivity", "precision"):
+        assert math.isnan(both_empty[name][1]), name
+    assert both_empty["specificity"][1] == 1.0 and both_empty["accuracy"][1] == 1.0
+    pred = target.copy()
+    pred[0, 0] = 1  # false positive on a case without the class
+    false_alarm = overlap_metrics(confusion_matrix(pred, target, 2))
+    assert false_alarm["dice"][1] == 0.0 and false_alarm["iou"][1] == 0.0
+    assert false_alarm["precision"][1] == 0.0 and math.isnan(false_alarm["sensitivity"][1])
+    missed = overlap_metrics(confusion_matrix(target, pred, 2))
+    assert missed["sensitivity"][1] == 0.0 and math.isnan(missed["precision"][1])
+
+
+def test_overlap_metrics_match_monai_confusion_matrix_metrics() -> None:
+    import torch.nn.functional as F
+    from monai.metrics import compute_confusion_matrix_metric, get_confusion_matrix
+
+    generator = np.random.default_rng(3)
+    target = generator.integers(0, 2, (4, 6, 6))
+    pred = generator.integers(0, 3, (4, 6, 6))
+    target[0, :2, :2] = 2  # class 2 in case 0 only; never predicted in case 3
+    pred[3][pred[3] == 2] = 0
+    onehot = [F.one_hot(torch.from_numpy(a), 3).movedim(-1, 1).float() for a in (pred, target)]
+    reference = get_confusion_matrix(*onehot, include_background=True)  # (B, C, 4)
+    names = {"sensitivity": "sensitivity", "specificity": "specificity",
+             "precision": "precision", "accuracy": "accuracy", "dice": "f1 score",
+             "iou": "threat score"}
+    for b in range(4):
+        ours = overlap_metrics(confusion_matrix(pred[b], target[b], 3))
+        for name, monai_name in names.items():
+            expected = compute_confusion_matrix_metric(monai_name, reference[b]).numpy()
+            assert np.allclose(ours[name], expected, equal_nan=True), (b, name)
+
+
+def test_volume_ml_uses_the_spacing() -> None:
+    # 1000 voxels of 0.5 x 1 x 2 mm = 1000 mm^3 = 1 mL
+    assert volume_ml(1000, (0.5, 1.0, 2.0)) == pytest.approx(1.0)
+
+
+def test_confusion_matrix_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match=r"pred \(2,\) and target \(3,\)"):
+        confusion_matrix(np.zeros(2, int), np.zeros(3, int), 2)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        confusion_matrix(np.array([0, 5]), np.zeros(2, int), 2)
+    with pytest.raises(TypeError, match="integer label map"):
+        confusion_matrix(np.zeros(2), np.zeros(2, int), 2)
+    with pytest.raises(ValueError, match="square"):
+        overlap_metrics(np.zeros((2, 3)))
