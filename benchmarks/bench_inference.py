@@ -1,198 +1,111 @@
-"""Inference latency per deployment variant, and the service's throughput on loopback.
+"""Size, latency and Dice of each deployment variant of the course model (one table).
 
-Run: ``.venv/bin/python benchmarks/bench_inference.py`` (about 1 minute on 2 cores), or
-``--quick`` for a smoke run. Prints two Markdown tables; latencies are also given as ratios
-to eager PyTorch measured in the same run (absolute numbers vary ±20 % between runs).
+Run: ``.venv/bin/python benchmarks/bench_inference.py --profile cpu`` (uses the model
+notebook 05 trained under ``$MEDSEG_RUN_DIR``, training it first if missing), or
+``--run-dir DIR`` for any finished training run; ``--quick`` for a smoke run. The service
+throughput is measured by ``bench_service.py``.
 
-Variants, all on one CPU batch ``(1, 1, 256, 256)`` of a from-scratch ``UNet(2D,
-base_channels=16, depth=4)`` with untrained weights (``--norm batch`` by default: batch norm
-folds into the convs; ``--norm instance`` is the MONAI-like design MEASURED.md timed):
+Rows (all from `medseg_helpers.variants.variant_table`, on the run's held-out test
+patients, Dice on the preprocessed grid, latency = median time per whole volume with
+rounds interleaved across variants, speed-up = eager / variant in this run):
 
-- ``eager``: ``model(x)`` under ``torch.inference_mode`` (the baseline).
-- ``torchscript``: traced and frozen (legacy; deprecation warnings silenced here only).
-  Every variant gets 10 warm-up calls (TorchScript's profiling executor optimises late).
-- ``torch.export``: ``torch.export.load(...).module()`` of the saved ``.pt2``.
-- ``ort fp32``: ONNX Runtime on the ``export_onnx`` file.
-- ``ort int8``: static QDQ int8 calibrated on 16 synthetic images (smooth discs).
-
-``agree`` is the fraction of pixels whose argmax equals eager's on the timed input (random
-weights: int8 agreement is only indicative; the course measures Dice on trained models).
-
-Service: a real uvicorn server on 127.0.0.1 with `medseg_helpers.serve.create_app`;
-``--clients`` threads post a ``(X, Y, Z) = (128, 128, 16)`` NIfTI for ``--seconds``.
+- ``eager``: the PyTorch model under ``torch.inference_mode``.
+- ``TorchScript`` (legacy), ``torch.export`` (``.pt2``), ``ORT fp32`` (ONNX Runtime).
+- ``ORT int8``: static QDQ int8 calibrated on 32 real training slices; ``ORT int8 (noise
+  calib.)``: the same calibrated on Gaussian noise, the mistake to avoid.
+- ``unstructured`` / ``channels``: pruned (``--prune`` fraction), fine-tuned
+  ``--fine-tune-steps`` steps, made permanent; channels physically removed.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import copy
 import os
-import socket
-import statistics
 import tempfile
-import threading
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg_helpers.export import (
-    OnnxSegmenter,
-    export_onnx,
-    export_program,
-    export_torchscript,
-    quantize_onnx_int8,
-)
-from medseg_helpers.models.unet import UNet
 
+def build_variants(trained, folder: Path, args: argparse.Namespace) -> dict:
+    from medseg_helpers import prune
+    from medseg_helpers.export import (
+        export_onnx,
+        export_program,
+        export_torchscript,
+        quantize_onnx_int8,
+    )
+    from medseg_helpers.variants import calibration_images, example_input, quiet_exporters
 
-def _median_ms(fn, x, reps: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def _calibration(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    out = []
-    for _ in range(count):
-        cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.25)
-        image = 1 / (1 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 200)) + 0.3 * xx
-        image = image + 0.05 * rng.normal(size=image.shape)
-        out.append(((image - image.mean()) / image.std())[None].astype(np.float32))
-    return out
-
-
-def bench_variants(folder: Path, args: argparse.Namespace) -> list[tuple]:
-    torch.manual_seed(0)
-    model = UNet(2, 1, 3, base_channels=16, depth=4, norm=args.norm).eval()
-    x = torch.from_numpy(_calibration(1, args.size, seed=99)[0][None])
-    with torch.inference_mode():
-        ref = model(x)
-    paths = {"onnx": export_onnx(model, x, folder / "m.onnx"),
-             "pt2": export_program(model, x, folder / "m.pt2")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation/tracer warnings
-        paths["ts"] = export_torchscript(model, x, folder / "m.pt")
-        scripted = torch.jit.load(str(paths["ts"]))
-    paths["int8"] = quantize_onnx_int8(paths["onnx"], folder / "m_int8.onnx",
-                                       _calibration(16, args.size))
-    program = torch.export.load(str(paths["pt2"])).module()
-    fp32 = OnnxSegmenter(paths["onnx"], num_threads=args.threads)
-    int8 = OnnxSegmenter(paths["int8"], num_threads=args.threads)
-
-    def torch_fn(module):
-        def run(t):
-            with torch.inference_mode():
-                return module(t)
-        return run
-
-    variants = [("eager", torch_fn(model), None, x),
-                ("torchscript", torch_fn(scripted), paths["ts"], x),
-                ("torch.export", torch_fn(program), paths["pt2"], x),
-                ("ort fp32", fp32.predict_logits, paths["onnx"], x.numpy()),
-                ("ort int8", int8.predict_logits, paths["int8"], x.numpy())]
-    rows = []
-    for name, fn, path, inp in variants:
-        ms = _median_ms(fn, inp, args.reps)
-        out = torch.as_tensor(np.asarray(fn(inp)))
-        agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
-        diff = float((out - ref).abs().max())
-        size_mb = path.stat().st_size / 2**20 if path else float("nan")
-        rows.append((name, ms, size_mb, diff, agree))
-    return rows
-
-
-def bench_service(folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    import httpx
-    import nibabel as nib
-    import uvicorn
-
-    from medseg_helpers.serve import create_app
-
-    app = create_app(folder / "m.onnx", num_classes=3, max_concurrency=args.threads,
-                     num_threads=1, max_upload_bytes=64 * 2**20)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/segment"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    image = np.random.default_rng(0).normal(100, 20, size=(128, 128, 16)).astype(np.float32)
-    payload = gzip.compress(nib.Nifti1Image(image, np.eye(4)).to_bytes())
-    latencies: list[float] = []
-    statuses: list[int] = []
-    stop = time.monotonic() + args.seconds
-
-    def client() -> None:
-        with httpx.Client(timeout=60) as http:
-            while time.monotonic() < stop:
-                start = time.perf_counter()
-                response = http.post(url, files={"file": ("scan.nii.gz", payload)})
-                latencies.append(time.perf_counter() - start)
-                statuses.append(response.status_code)
-
-    try:
-        start = time.monotonic()
-        with ThreadPoolExecutor(args.clients) as pool:
-            for future in [pool.submit(client) for _ in range(args.clients)]:
-                future.result()
-        elapsed = time.monotonic() - start
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-    ok = sum(status == 200 for status in statuses)
-    return {"requests": len(statuses), "ok": ok, "rps": ok / elapsed,
-            "slices_per_s": ok * image.shape[2] / elapsed,
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p95_ms": 1000 * float(np.percentile(latencies, 95))}
+    model = trained.model
+    example = example_input(trained)
+    with quiet_exporters():
+        onnx_path = export_onnx(model, example, folder / "m.onnx")
+        ts_path = export_torchscript(model, example, folder / "m.pt")
+        pt2_path = export_program(model, example, folder / "m.pt2")
+        real = calibration_images(trained, count=32, seed=0)
+        rng = np.random.default_rng(0)
+        noise = [rng.normal(size=c.shape).astype(np.float32) for c in real]
+        int8 = quantize_onnx_int8(onnx_path, folder / "m_int8.onnx", real)
+        int8_noise = quantize_onnx_int8(onnx_path, folder / "m_int8_noise.onnx", noise)
+    unstructured = prune.prune_unstructured(copy.deepcopy(model), args.prune)
+    prune.fine_tune(unstructured, trained, args.fine_tune_steps, validate=False)
+    channels = prune.prune_channels(copy.deepcopy(model), args.prune)
+    prune.fine_tune(channels, trained, args.fine_tune_steps, validate=False)
+    return {"eager": model, "TorchScript": ts_path, "torch.export": pt2_path,
+            "ORT fp32": onnx_path, "ORT int8": int8, "ORT int8 (noise calib.)": int8_noise,
+            f"unstructured {args.prune:.0%}": prune.make_permanent(unstructured),
+            f"channels {args.prune:.0%} removed": prune.remove_pruned_channels(channels)}
 
 
 def main() -> None:
+    from medseg_helpers.course_model import (
+        course_model_config,
+        ensure_trained_model,
+        load_trained_model,
+    )
+    from medseg_helpers.variants import variant_table
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions (smoke run)")
+    parser.add_argument("--profile", default=None, help="course model of this profile")
+    parser.add_argument("--run-dir", default=None, help="a finished training run instead")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--norm", default="batch", choices=["batch", "instance"])
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--prune", type=float, default=0.5)
+    parser.add_argument("--fine-tune-steps", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="smoke profile, few repetitions")
     args = parser.parse_args()
     if args.quick:
-        args.reps, args.seconds, args.size = 5, 2.0, 128
+        args.profile, args.repeats, args.fine_tune_steps = args.profile or "smoke", 2, 2
     torch.set_num_threads(args.threads)
+    trained = (load_trained_model(args.run_dir, device="cpu") if args.run_dir else
+               ensure_trained_model(course_model_config(args.profile), device="cpu"))
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         os.environ.setdefault("XDG_CACHE_HOME", str(Path(tmp) / "cache"))
-        rows = bench_variants(Path(tmp), args)
-        service = bench_service(Path(tmp), args)
-    eager_ms = rows[0][1]
+        start = time.perf_counter()
+        variants = build_variants(trained, Path(tmp), args)
+        table = variant_table(trained, variants, repeats=args.repeats, num_threads=args.threads)
+        seconds = time.perf_counter() - start
+    image, _ = trained.preprocessed(trained.split.test[0])
     print(f"torch {torch.__version__}, {args.threads} threads, load average "
-          f"{os.getloadavg()[0]:.2f}, UNet 2D norm={args.norm}, input 1x1x{args.size}x{args.size}")
-    print("\n| variant | median ms | speed-up vs eager | file MB | max abs diff | argmax agree |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, ms, size_mb, diff, agree in rows:
-        size = "-" if np.isnan(size_mb) else f"{size_mb:.2f}"
-        print(f"| {name} | {ms:.1f} | {eager_ms / ms:.2f}x | {size} | {diff:.1e} | {agree:.4f} |")
-    print(f"\nService on loopback: {args.clients} clients, {args.seconds:.0f} s, volume "
-          "128x128x16 float32 (.nii.gz), ORT fp32 slice-wise, "
-          f"max_concurrency={args.threads}, 1 ORT thread per inference")
-    print("\n| requests | 200 OK | requests/s | slices/s | p50 ms | p95 ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| {service['requests']} | {service['ok']} | {service['rps']:.1f} | "
-          f"{service['slices_per_s']:.0f} | {service['p50_ms']:.0f} | {service['p95_ms']:.0f} |")
+          f"{os.getloadavg()[0]:.1f}; model {trained.run_dir.name} (best val Dice "
+          f"{trained.metrics.get('best_val_dice', float('nan')):.3f}); "
+          f"{len(trained.split.test)} test patients, volume (C, D, H, W) = "
+          f"{tuple(image.shape)}; {seconds:.0f} s")
+    print()
+    print(markdown_table(table))
+
+
+def markdown_table(table) -> str:
+    """A DataFrame as a Markdown table (pandas' ``to_markdown`` needs ``tabulate``)."""
+    columns = ["variant", *table.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|---" + "|---:" * len(table.columns) + "|"]
+    for name, row in table.iterrows():
+        lines.append("| " + " | ".join([str(name), *(f"{v:.4g}" for v in row)]) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
