@@ -22,7 +22,14 @@ def _pyproject() -> dict:
 def _course_requirements() -> list[str]:
     project = _pyproject()
     extras = project["optional-dependencies"]
-    return project["dependencies"] + [r for e in COURSE_EXTRAS for r in extras[e]]
+    requirements = project["dependencies"] + [r for e in COURSE_EXTRAS for r in extras[e]]
+    return [r for r in requirements if _name(r) != "medseg-helpers"]  # self-references
+
+
+def test_the_course_extra_brings_every_extra_the_notebooks_import():
+    # the Colab bootstrap installs medseg-helpers[course]; notebooks 07-09 need optuna,
+    # onnxruntime, fastapi and scikit-image
+    assert "medseg-helpers[deploy,tune,explain]" in _pyproject()["optional-dependencies"]["course"]
 
 
 def _pip_section(path: Path) -> list[str]:
