@@ -176,7 +176,8 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0
 
 def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: Weight = None,
                        activation: Literal["softmax", "sigmoid"] = "softmax",
-                       reduction: Reduction = "mean") -> torch.Tensor:
+                       reduction: Reduction = "mean",
+                       label_smoothing: float = 0.0) -> torch.Tensor:
     """(Weighted) cross-entropy, softmax over classes or binary per channel.
 
     Softmax: per voxel ``-sum_c w_c g_c log p_c``; the mean divides by ``sum w_c g_c`` over
@@ -190,10 +191,23 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: We
         weight: ``C`` non-negative class weights, e.g. inverse class frequencies.
         activation: ``"softmax"`` or ``"sigmoid"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        label_smoothing: ``eps`` in [0, 1): the target becomes ``(1 - eps) g + eps / C``
+            (softmax; ``eps / 2`` per channel for sigmoid), so the network is never pushed
+            to infinite confidence, which limits how hard it fits wrong labels (Szegedy et
+            al. 2016, "Rethinking the Inception architecture"; Müller et al. 2019, "When
+            does label smoothing help?"). The softmax mean still divides by the weights of
+            the *hard* labels, as ``torch.nn.functional.cross_entropy(label_smoothing=)``
+            does with class indices.
     """
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     onehot = one_hot_target(target, logits)
     w = _class_weight(weight, logits, logits.shape[1])
     shape = (1, -1) + (1,) * (logits.ndim - 2)
+    hard = onehot
+    if label_smoothing:
+        classes = 2 if activation == "sigmoid" else logits.shape[1]
+        onehot = onehot * (1 - label_smoothing) + label_smoothing / classes
     if activation == "sigmoid":
         positive = onehot if w is None else onehot * w.view(shape)
         loss = -(positive * F.logsigmoid(logits) + (1 - onehot) * F.logsigmoid(-logits))
@@ -203,7 +217,7 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: We
     weighted = onehot if w is None else onehot * w.view(shape)
     loss = -(weighted * logits.log_softmax(dim=1)).sum(dim=1)
     if reduction == "mean":
-        return loss.sum() / weighted.sum()
+        return loss.sum() / (hard if w is None else hard * w.view(shape)).sum()
     return _reduce(loss, reduction)
 
 
@@ -211,7 +225,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: flo
                  lambda_ce: float = 1.0, weight: Weight = None,
                  activation: Literal["softmax", "sigmoid"] = "softmax",
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
-                 smooth_dr: float = 1e-5) -> torch.Tensor:
+                 smooth_dr: float = 1e-5, label_smoothing: float = 0.0) -> torch.Tensor:
     """``lambda_dice * dice_loss + lambda_ce * cross_entropy_loss``, both with ``mean``.
 
     The combination nnU-Net trains with (Isensee et al. 2021, Nature Methods): CE gives smooth
@@ -219,7 +233,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: flo
     (without background, Dice uses ``weight[1:]``; with one channel only BCE's ``pos_weight``),
     as in MONAI's ``DiceCELoss``. With
     ``activation="sigmoid"`` the CE term is binary per channel (MONAI uses softmax CE whenever
-    ``C > 1``). Other arguments as in `dice_loss`.
+    ``C > 1``). ``label_smoothing`` acts on the CE term only (`cross_entropy_loss`); the
+    Dice term keeps the hard target. Other arguments as in `dice_loss`.
     """
     if lambda_dice < 0 or lambda_ce < 0:
         raise ValueError(f"lambda_dice and lambda_ce must be >= 0, got {lambda_dice}, {lambda_ce}")
@@ -230,7 +245,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: flo
         dice_weight = torch.as_tensor(weight).flatten()[1:]
     dice = dice_loss(logits, target, activation=activation, include_background=include_background,
                      batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=dice_weight)
-    ce = cross_entropy_loss(logits, target, weight=weight, activation=activation)
+    ce = cross_entropy_loss(logits, target, weight=weight, activation=activation,
+                            label_smoothing=label_smoothing)
     return lambda_dice * dice + lambda_ce * ce
 
 
@@ -331,8 +347,9 @@ class CrossEntropyLoss(_LossModule):
 
     def __init__(self, weight: Weight = None,
                  activation: Literal["softmax", "sigmoid"] = "softmax",
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(weight, activation=activation, reduction=reduction)
+                 reduction: Reduction = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__(weight, activation=activation, reduction=reduction,
+                         **({"label_smoothing": label_smoothing} if label_smoothing else {}))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy_loss(logits, target, weight=self.weight, **self.kwargs)
@@ -344,10 +361,11 @@ class DiceCELoss(_LossModule):
     def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, weight: Weight = None,
                  activation: Literal["softmax", "sigmoid"] = "softmax",
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
-                 smooth_dr: float = 1e-5) -> None:
+                 smooth_dr: float = 1e-5, label_smoothing: float = 0.0) -> None:
         super().__init__(weight, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
                          activation=activation, include_background=include_background,
-                         batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+                         batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                         **({"label_smoothing": label_smoothing} if label_smoothing else {}))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return dice_ce_loss(logits, target, weight=self.weight, **self.kwargs)

@@ -305,3 +305,53 @@ def test_bad_inputs_raise_clear_errors(call, match):
     logits, labels = make_case("2d", "random")
     with pytest.raises(ValueError, match=match):
         call(logits, labels)
+
+
+# ------------------------------------------------------------------- label smoothing
+@pytest.mark.parametrize("dims", SHAPES)
+@pytest.mark.parametrize("weight", [None, [0.2, 1.0, 3.0]])
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothing_matches_torch_with_class_indices(dims, weight, eps):
+    logits, labels = make_case(dims, "random")
+    w = None if weight is None else torch.tensor(weight, dtype=torch.float64)
+    expected = F.cross_entropy(logits, labels[:, 0], weight=w, label_smoothing=eps)
+    ours = L.cross_entropy_loss(logits, labels, weight=weight, label_smoothing=eps)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_label_smoothing_on_a_hand_worked_example():
+    # One voxel, 2 classes, p = (0.8, 0.2), label 0, eps = 0.2: target (0.9, 0.1),
+    # loss = -(0.9 log 0.8 + 0.1 log 0.2) = 0.2008 + 0.1609 = 0.3618
+    logits = torch.tensor([0.8, 0.2], dtype=torch.float64).log().view(1, 2, 1, 1)
+    label = torch.zeros(1, 1, 1, 1, dtype=torch.long)
+    expected = -(0.9 * math.log(0.8) + 0.1 * math.log(0.2))
+    assert L.cross_entropy_loss(logits, label, label_smoothing=0.2).item() == \
+        pytest.approx(expected)
+
+
+def test_sigmoid_label_smoothing_moves_binary_targets_towards_one_half():
+    logits, labels = make_case("2d", "random", channels=1)
+    labels = labels.clamp(max=1)
+    soft = labels.double() * 0.8 + 0.1  # eps = 0.2: 1 -> 0.9, 0 -> 0.1
+    expected = F.binary_cross_entropy_with_logits(logits, soft)
+    ours = L.cross_entropy_loss(logits, labels, activation="sigmoid", label_smoothing=0.2)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_label_smoothing_zero_changes_nothing_and_dice_ce_smooths_only_ce():
+    logits, labels = make_case("3d", "random")
+    torch.testing.assert_close(L.cross_entropy_loss(logits, labels, label_smoothing=0.0),
+                               L.cross_entropy_loss(logits, labels))
+    smoothed = L.DiceCELoss(label_smoothing=0.1)(logits, labels)
+    expected = L.dice_loss(logits, labels) + L.cross_entropy_loss(logits, labels,
+                                                                   label_smoothing=0.1)
+    torch.testing.assert_close(smoothed, expected)
+    assert "label_smoothing" not in repr(L.DiceCELoss())  # unchanged default repr
+    torch.testing.assert_close(L.CrossEntropyLoss(label_smoothing=0.1)(logits, labels),
+                               L.cross_entropy_loss(logits, labels, label_smoothing=0.1))
+
+
+def test_label_smoothing_outside_zero_one_raises():
+    logits, labels = make_case("2d", "random")
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        L.cross_entropy_loss(logits, labels, label_smoothing=1.0)
