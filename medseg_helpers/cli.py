@@ -50,6 +50,22 @@ def _data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from medseg_helpers.course_model import load_trained_model
+    from medseg_helpers.variants import export_trained_model
+
+    trained = load_trained_model(args.run_dir, which=args.which, device="cpu")
+    report = export_trained_model(trained, args.format, args.out)
+    print(f"exported {args.format} to {report['path']} ({report['size_mb']:.2f} MB) in "
+          f"{report['seconds']:.1f} s")
+    print(f"parity vs eager on {report['num_inputs']} test batches: max abs diff "
+          f"{report['max_abs_diff']:.2e}, argmax agreement {report['argmax_agreement']:.4f}")
+    if not report["passed"]:
+        print("medseg: parity check FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from medseg_helpers.serve import run_server
 
@@ -64,9 +80,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from medseg_helpers.evaluation import (
+        evaluate_folders,
+        format_summary,
+        save_metrics_csv,
+        summarise_metrics,
+    )
+
+    table = evaluate_folders(args.pred, args.truth, class_names=args.labels,
+                             spacing_from=args.spacing_from, allow_missing=args.allow_missing,
+                             tolerance_mm=args.tolerance_mm,
+                             include_background=args.include_background)
+    path = save_metrics_csv(table, args.out)
+    summary = summarise_metrics(table, ["dice", "hd95_mm", "asd_mm", "nsd", "volume_diff_ml"])
+    print(format_summary(summary).to_string())
+    print(f"{table['case'].nunique()} cases, mean ± std (median); per-case table: {path}")
+    return 0
+
+
 def _course_run(args: argparse.Namespace) -> int:
     from medseg_helpers.config import get_profile_name
-    from medseg_helpers.course import format_summary_table, run_course
+    from medseg_helpers.course import run_course
+    from medseg_helpers.report import format_summary_table
 
     def progress(result) -> None:
         detail = f" ({result.error})" if result.error else ""
@@ -85,7 +121,7 @@ def _course_run(args: argparse.Namespace) -> int:
     print(format_summary_table(results))
     out = Path(args.out) if args.out else None
     report = (out or _default_course_dir(args.profile)) / "report.md"
-    print(f"\nreport: {report.resolve()}")
+    print(f"\nreport: {report.resolve()} (and {report.with_suffix('.html').name})")
     failed = [r.notebook for r in results if not r.ok]
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
@@ -101,18 +137,13 @@ def _default_course_dir(profile: str | None) -> Path:
 
 def _course_check(args: argparse.Namespace) -> int:
     from medseg_helpers.course import list_notebooks
-    from medseg_helpers.nbhygiene import check_notebook, strip_notebook
+    from medseg_helpers.nbhygiene import check_course
 
     notebooks = list_notebooks(args.notebook_dir)
     if not notebooks:
         print("no notebooks found", file=sys.stderr)
         return 1
-    problems = [str(p) for nb in notebooks for p in check_notebook(nb)]
-    problems += [
-        f"{nb.name}: outputs not stripped (run 'medseg course strip')"
-        for nb in notebooks
-        if strip_notebook(nb, check_only=True)
-    ]
+    problems = [str(p) for p in check_course(notebooks)]
     for problem in problems:
         print(problem)
     print(f"{len(notebooks)} notebooks checked, {len(problems)} problems")
@@ -147,6 +178,80 @@ def _course_bless(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_set(pairs: Sequence[str]) -> dict:
+    """``["lr=3e-4", "patch_size=[32,64,64]"]`` -> ``{"lr": 0.0003, ...}`` (values as YAML)."""
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return values
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Layers, later ones winning: the profile's course recipe, the YAML file, ``--set``."""
+    import os
+
+    import yaml
+
+    from medseg_helpers.course_model import course_model_config
+
+    values = {}
+    if args.config:
+        values = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.config}: expected a mapping of TrainConfig fields")
+    values.update(_parse_set(args.set or []))
+    profile = args.profile or values.get("profile")
+    values.pop("profile", None)
+    if args.resume:
+        values["resume"] = True
+    if args.run_dir:
+        values["run_dir"] = args.run_dir
+    config = course_model_config(profile, **values)
+    from medseg_helpers.train_job import default_run_dir, train_from_config
+
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
+    if main_process:
+        print(f"training {config.model} ({config.spatial_dims}D), profile {config.profile}, "
+              f"{config.max_epochs} epochs -> {default_run_dir(config)}", flush=True)
+    metrics = train_from_config(config)
+    if not main_process:
+        return 0
+    per_class = ", ".join(f"{name} {dice:.3f}" for name, dice
+                          in metrics["best_dice_per_class"].items())
+    print(f"run dir: {metrics['run_dir']}")
+    print(f"best validation Dice: {metrics['best_val_dice']:.4f} at epoch "
+          f"{metrics['best_epoch']} ({per_class}); {metrics['status']}, "
+          f"{metrics['epochs_completed']} epochs in {metrics['seconds']:.0f} s")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from medseg_helpers.train_config import TrainConfig
+    from medseg_helpers.tuning import default_search_space, run_study, study_dataframe
+
+    overrides = {"max_epochs": args.epochs} if args.epochs else {}
+    base = (TrainConfig.from_yaml(args.config).updated(**overrides) if args.config
+            else TrainConfig.from_profile(args.profile, **overrides))
+    space = default_search_space()
+    unknown = sorted(set(args.params) - set(space))
+    if unknown:
+        raise ValueError(f"unknown search parameter(s) {unknown}; choose from {sorted(space)}")
+    study = run_study(base, n_trials=args.trials, study_name=args.study_name,
+                      storage=args.storage, sampler=args.sampler, pruner=args.pruner,
+                      space={k: space[k] for k in args.params}, seed=args.seed,
+                      worker=args.worker, run_dir=args.run_dir)
+    print(study_dataframe(study).to_string(max_colwidth=40))
+    if any(t.state.name == "COMPLETE" for t in study.trials):
+        print(f"best: trial {study.best_trial.number}, validation Dice "
+              f"{study.best_value:.4f}, {study.best_params}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medseg`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
@@ -177,6 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--label", action="store_true", help="write an integer label map")
     convert.set_defaults(func=_data_convert)
 
+    train = commands.add_parser(
+        "train", help="train a model from a profile and/or YAML config (see TrainConfig)"
+    )
+    train.add_argument("--profile", choices=PROFILES, default=None,
+                       help="defaults to $MEDSEG_PROFILE or smoke")
+    train.add_argument("--config", default=None,
+                       help="YAML of TrainConfig fields, over the profile's course recipe")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a field, value parsed as YAML (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pt")
+    train.add_argument("--run-dir", default=None, help="default $MEDSEG_RUN_DIR/train-...")
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="export a trained run and check parity")
+    export.add_argument("run_dir", help="run directory of a training (config.yaml, checkpoints/)")
+    export.add_argument("--format", required=True,
+                        choices=("onnx", "torchscript", "program", "int8"))
+    export.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
+    export.add_argument("--which", choices=("best", "last"), default="best")
+    export.set_defaults(func=_export)
+
     serve = commands.add_parser("serve", help="serve an ONNX model over HTTP (POST /v1/segment)")
     serve.add_argument("model", help="exported .onnx model")
     serve.add_argument("--num-classes", type=int, required=True, help="including background")
@@ -185,6 +311,40 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mib", type=float, default=64.0)
     serve.add_argument("--max-concurrency", type=int, default=2)
     serve.set_defaults(func=_serve)
+
+    tune = commands.add_parser(
+        "tune", help="hyper-parameter search (Optuna); the same --storage and --study-name "
+        "on several processes or machines join one study")
+    tune.add_argument("--profile", choices=PROFILES, default=None)
+    tune.add_argument("--config", default=None, help="base TrainConfig YAML (else the profile)")
+    tune.add_argument("--epochs", type=int, default=None, help="epochs per trial")
+    tune.add_argument("--trials", type=int, required=True, help="total trials of the study")
+    tune.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    tune.add_argument("--pruner", choices=("median", "none"), default="median")
+    tune.add_argument("--params", nargs="+", default=["lr", "weight_decay", "dropout"],
+                      help="parameters to search (tuning.default_search_space)")
+    tune.add_argument("--storage", default=None,
+                      help="database URL, default sqlite:///RUN_DIR/study.db")
+    tune.add_argument("--study-name", default="medseg")
+    tune.add_argument("--run-dir", default=None,
+                      help="trials go to RUN_DIR/NAME/trial-NNN; default $MEDSEG_RUN_DIR/tune")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--worker", type=int, default=None,
+                      help="worker index for a reproducible sampler seed (default: unseeded)")
+    tune.set_defaults(func=_tune)
+
+    evaluate = commands.add_parser("evaluate", help="per-case metrics of predicted label maps")
+    evaluate.add_argument("--pred", required=True, help="folder of predicted label maps")
+    evaluate.add_argument("--truth", required=True, help="folder of ground-truth label maps")
+    evaluate.add_argument("--out", default="metrics.csv", help="per-case CSV to write")
+    evaluate.add_argument("--spacing-from", choices=("truth", "pred"), default="truth")
+    evaluate.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice")
+    evaluate.add_argument("--labels", nargs="+", default=None,
+                          help="class names, background first (default: dataset.json)")
+    evaluate.add_argument("--include-background", action="store_true")
+    evaluate.add_argument("--allow-missing", action="store_true",
+                          help="evaluate only the truths that have a prediction")
+    evaluate.set_defaults(func=_evaluate)
 
     course = commands.add_parser("course", help="run or check the notebooks").add_subparsers(
         dest="course_command", required=True

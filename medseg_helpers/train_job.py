@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from medseg_helpers import distributed
+from medseg_helpers.callbacks import Callback
 from medseg_helpers.config import get_data_dir, get_run_dir
 from medseg_helpers.device import get_device, seed_everything
 from medseg_helpers.inference import SliceBySliceInferer
@@ -47,7 +48,7 @@ LOSSES: dict[str, str] = {"dice_ce": "DiceCELoss", "dice": "DiceLoss", "ce": "Cr
                           "focal": "FocalLoss", "tversky": "TverskyLoss"}
 
 __all__ = ["LOSSES", "CachedVolumeDataset", "TrainingData", "build_data", "build_loss",
-           "default_run_dir", "open_slice_cache", "train_from_config"]
+           "default_run_dir", "open_slice_cache", "patient_split", "train_from_config"]
 
 
 @dataclass
@@ -169,8 +170,27 @@ def open_slice_cache(dataset_dir: Path) -> Any:
     return datasets.build_slice_cache(cases, get_data_dir() / "cache" / Path(dataset_dir).name)
 
 
-def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) -> TrainingData:
+def patient_split(config: TrainConfig, cache: Any, num_classes: int) -> PatientSplit:
+    """The train/val/test split of ``config``: by patient, stratified by whether a patient
+    has any voxel of the last class (the lesion in the course data), so validation and
+    test sets hold lesion and lesion-free patients in proportion. Same dataset, fractions
+    and seed give the same split."""
+    ids = sorted(cache.cases)
+    last = num_classes - 1
+    has_last = [bool((np.asarray(cache.labels[c.start:c.stop]) == last).any())
+                for c in (cache.cases[p] for p in ids)]
+    return split_patients(ids, has_last, val_fraction=config.val_fraction,
+                          test_fraction=config.test_fraction, seed=config.seed)
+
+
+def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
+               split: PatientSplit | None = None) -> TrainingData:
     """Split patients and build the loaders described by ``config`` (see the module docstring).
+
+    Args:
+        config: the run's settings.
+        info: the process group (None: `distributed.get_dist_info`).
+        split: explicit patients (cross-validation folds); None: `patient_split`.
 
     Raises:
         ValueError: labels that are not ``0..K-1``, ``out_channels``/``in_channels`` that
@@ -186,8 +206,11 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
                          f"{len(names)} classes {names}")
     cache = open_slice_cache(dataset_dir)  # also the 3D validation volumes
     cases = datasets.read_decathlon(dataset_dir)
-    split = split_patients([c.patient_id for c in cases], val_fraction=config.val_fraction,
-                           test_fraction=config.test_fraction, seed=config.seed)
+    if split is None:
+        split = patient_split(config, cache, len(names))
+    unknown = sorted(p for p in {*split.train, *split.val} if p not in cache.cases)
+    if unknown:
+        raise ValueError(f"patients not in {dataset_dir.name}: {unknown}")
     if cache.num_channels != config.in_channels:
         raise ValueError(f"in_channels={config.in_channels} but {dataset_dir.name} images have "
                          f"{cache.num_channels} channel(s)")
@@ -213,7 +236,10 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None) ->
                         len(names), names[1:], cache.num_channels, dataset_dir, split)
 
 
-def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+def train_from_config(config: TrainConfig | Mapping[str, Any], *,
+                      init_weights: Mapping[str, torch.Tensor] | None = None,
+                      split: PatientSplit | None = None,
+                      callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Run one training as described by ``config`` and return its final metrics.
 
     Works in one process and under ``torchrun`` (`distributed.init_from_env`). Rank 0
@@ -222,10 +248,16 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
 
     Args:
         config: a `TrainConfig` or a dict of its fields.
+        init_weights: a state dict loaded into the new model before training, by name
+            (``strict=False``: missing entries keep their fresh initialisation), e.g. a
+            pretrained encoder from `pretraining.transferable_weights`. Not recorded in
+            ``config.yaml``; ``resume`` overrides it.
+        split: explicit patients (a cross-validation fold); None: `patient_split`.
+        callbacks: `callbacks.Callback` objects for the `Trainer` (e.g. Optuna pruning).
 
     Returns:
-        `Trainer.fit`'s metrics plus ``run_dir``, ``dataset_dir``, ``num_classes`` and
-        ``class_names``.
+        `Trainer.fit`'s metrics plus ``run_dir``, ``dataset_dir``, ``num_classes``,
+        ``class_names`` and ``history`` (the epoch rows of ``history.csv``).
 
     Raises:
         ValueError: invalid config or data (see `build_data`, `check_labels`).
@@ -239,12 +271,14 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
     started_group = info.is_distributed
     try:
         seed_everything(config.seed)
-        data = build_data(config, info)
+        data = build_data(config, info, split)
         device = torch.device(config.device) if config.device else (
             torch.device(f"cuda:{info.local_rank}") if info.is_distributed
             and torch.cuda.is_available() else get_device())
         model = build_model(config.model, config.spatial_dims, data.in_channels,
                             data.num_classes, **config.model_kwargs)
+        if init_weights is not None:
+            model.load_state_dict(init_weights, strict=False)
         loss = build_loss(config.loss, **config.loss_kwargs)
         optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr,
                                     config.weight_decay, config.momentum, config.nesterov)
@@ -264,7 +298,7 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
                           sw_roi_size=roi, sw_batch_size=config.sw_batch_size,
                           val_inferer=inferer, run_dir=run_dir,
                           config=config.to_dict(), class_names=data.class_names,
-                          seed=config.seed, progress=config.progress,
+                          seed=config.seed, callbacks=callbacks, progress=config.progress,
                           tensorboard=config.tensorboard)
         if info.is_main:
             save_splits(data.split, run_dir / "splits.json")
@@ -275,4 +309,5 @@ def train_from_config(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]
         if started_group:
             distributed.cleanup()
     return {**metrics, "run_dir": str(run_dir), "dataset_dir": str(data.dataset_dir),
-            "num_classes": data.num_classes, "class_names": data.class_names}
+            "num_classes": data.num_classes, "class_names": data.class_names,
+            "history": list(trainer.history)}

@@ -98,7 +98,8 @@ class Trainer:
         max_epochs: epochs to train.
         device: default `get_device` (``cuda:LOCAL_RANK`` under DDP on GPUs).
         val_every: validate every this many epochs, and after the last one.
-        patience: stop after this many epochs without a better validation Dice (None: never).
+        patience: stop after this many epochs without a better validation Dice (None:
+            never), checked after each validation.
         min_delta: improvement needed to count as better.
         grad_clip_norm: clip the global gradient norm to this (None: no clipping).
         amp: mixed precision on CUDA (ignored elsewhere).
@@ -406,7 +407,10 @@ class Trainer:
                 owner.set_epoch(epoch)
 
     def _patience_exhausted(self) -> bool:
+        """Decided only right after a validation: with ``val_every > patience`` the run
+        still reaches its next validation instead of stopping blind in between."""
         return (self.patience is not None and self.best_epoch > 0
+                and self.epoch % self.val_every == 0
                 and self.epoch - self.best_epoch >= self.patience)
 
     def state_dict(self) -> dict[str, Any]:

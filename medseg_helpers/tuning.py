@@ -1,7 +1,7 @@
 """Hyper-parameter search with Optuna: search space, samplers, pruning, shared storage.
 
 A *study* is a set of *trials*; each trial draws hyper-parameters from a search space
-(`SearchParam`), trains one model (`crossval.train_on_split`) and returns its best
+(`SearchParam`), trains one model (`train_job.train_from_config`) and returns its best
 validation Dice (mean over foreground classes, per patient volume). Three samplers
 (Bergstra and Bengio 2012 for random search; Bergstra et al. 2011 for TPE):
 
@@ -284,7 +284,7 @@ def make_objective(base_config: TrainConfig, space: Mapping[str, SearchParam],
         split: train/val patients (None: the config's own split, `train_job.build_data`).
         callbacks: extra Trainer callbacks for every trial.
     """
-    from medseg_helpers.crossval import train_on_split
+    from medseg_helpers.train_job import train_from_config
     from medseg_helpers.training import TrainingDivergedError
 
     def objective(trial: optuna.Trial) -> float:
@@ -295,7 +295,7 @@ def make_objective(base_config: TrainConfig, space: Mapping[str, SearchParam],
         trial.set_user_attr("run_dir", os.fspath(trial_dir))
         pruning = PruningCallback(trial)
         try:
-            result = train_on_split(config, split, callbacks=[pruning, *callbacks])
+            result = train_from_config(config, split=split, callbacks=[pruning, *callbacks])
         except TrainingDivergedError:
             trial.set_user_attr("status", "diverged")
             return 0.0

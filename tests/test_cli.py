@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from medseg_helpers import io
 from medseg_helpers.cli import main
@@ -74,3 +75,39 @@ def test_data_download_offline_fails_cleanly(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data_download, "download_task", offline)
     assert main(["data", "download", "Task04_Hippocampus", "--data-dir", str(tmp_path)]) == 2
     assert "offline" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_smoke_prints_run_dir_and_dice_then_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text("profile: smoke\nmodel_kwargs: {depth: 2}\n")
+    args = ["train", "--config", str(tmp_path / "run.yaml"), "--run-dir", str(run), "--set",
+            "progress=false", "--set", "tensorboard=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"run dir: {run}" in out and "best validation Dice: " in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 1
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # recipe + file + --set
+    assert saved["model_kwargs"] == {"base_channels": 8, "depth": 2} and not saved["progress"]
+    assert saved["loss_kwargs"]["batch"] is True
+    assert main([*args, "--resume", "--set", "max_epochs=2"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == 2
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--set", "learning_rate=0.1"], "did you mean 'lr'"),
+    (["--set", "lr"], "expects key=value"),
+    (["--set", "optimizer=adagrad"], "optimizer 'adagrad' not in"),
+])
+def test_train_bad_config_exits_2_before_training(extra, match, tmp_path, capsys):
+    assert main(["train", "--profile", "smoke", "--run-dir", str(tmp_path), *extra]) == 2
+    assert match in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_config_file_with_a_misspelt_key_exits_2(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text("profile: smoke\nepochs: 3\n")
+    assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
+    assert "did you mean 'max_epochs'" in capsys.readouterr().err

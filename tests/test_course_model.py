@@ -80,3 +80,20 @@ def test_predict_logits_2d_runs_slice_by_slice_and_3d_by_sliding_window() -> Non
 def test_predict_logits_rejects_a_batch() -> None:
     with pytest.raises(ValueError, match=r"\(C, D, H, W\)"):
         predict_logits(TinyNet(num_classes=2), torch.randn(2, 1, 4, 8, 8), 2)
+
+
+def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
+    cpu = course_model_config("cpu")
+    assert (cpu.max_epochs, cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (15, 16, 3e-3, 1)
+    assert cpu.model == "unet" and cpu.model_kwargs == {"base_channels": 16, "depth": 3}
+    assert cpu.loss == "dice_ce" and cpu.loss_kwargs == {"include_background": False,
+                                                         "batch": True}
+    smoke = course_model_config("smoke", max_epochs=3, model_kwargs={"depth": 2})
+    assert smoke.max_epochs == 3 and smoke.model_kwargs == {"base_channels": 8, "depth": 2}
+    smoke.loss_kwargs["batch"] = False  # each config owns its dicts
+    assert course_model_config("smoke").loss_kwargs["batch"] is True
+    assert "depth" not in course_model_config("smoke", model="monai_unet").model_kwargs
+    with pytest.raises(ValueError, match="unknown profile 'laptop'"):
+        course_model_config("laptop")
+    with pytest.raises(ValueError, match=r"did you mean 'max_epochs'"):
+        course_model_config("cpu", epochs=5)

@@ -98,6 +98,14 @@ def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "early_stopped"
 
 
+def test_early_stopping_waits_for_the_next_validation() -> None:
+    # val_every=2: validations after epochs 2 and 4. Patience 1 is exhausted at epoch 3,
+    # but there is nothing new to judge then; the run stops after epoch 4's validation.
+    metrics = _trainer(lr=1e-12, max_epochs=10, patience=1, val_every=2).fit()
+    assert metrics["status"] == "early_stopped"
+    assert (metrics["epochs_completed"], metrics["best_epoch"]) == (4, 2)
+
+
 def test_callbacks_see_each_epoch_and_can_stop_training() -> None:
     class StopAfterTwo(Callback):
         def __init__(self) -> None:
