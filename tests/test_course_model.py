@@ -84,7 +84,7 @@ def test_predict_logits_rejects_a_batch() -> None:
 
 def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
     cpu = course_model_config("cpu")
-    assert (cpu.max_epochs, cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (15, 16, 3e-3, 1)
+    assert (cpu.max_epochs, cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (30, 16, 3e-3, 1)
     assert cpu.model == "unet" and cpu.model_kwargs == {"base_channels": 16, "depth": 3}
     assert cpu.loss == "dice_ce" and cpu.loss_kwargs == {"include_background": False,
                                                          "batch": True}
