@@ -7,7 +7,8 @@ A *profile* picks sizes and budgets for the whole course:
 * ``gpu``: real training on a downloaded Medical Segmentation Decathlon task.
 
 Notebooks read their defaults from `profile_defaults` inside the papermill
-``parameters`` cell, so ``papermill -p EPOCHS 50`` still overrides any one value.
+``parameters`` cell, so ``papermill -p SEED 1`` (or any other parameter) still
+overrides any one value.
 """
 
 from __future__ import annotations
