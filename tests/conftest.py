@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +31,21 @@ def ct_volume() -> Volume:
     array[2:8, 5:15, 8:22] = 40
     array[4, 10, 12] = 700
     return Volume(array, (3.0, 1.0, 0.8), (-12.5, 30.0, 7.0), _rotation_z(30))
+
+
+@contextmanager
+def smoke_course_model(root: Path, **env: str) -> Iterator[tuple[object, object]]:
+    """A smoke-trained course model (U-Net depth 2) with data and runs under ``root``.
+
+    Yields ``(TrainedModel, TrainConfig)`` while ``MEDSEG_DATA_DIR``/``MEDSEG_RUN_DIR`` (and
+    any ``env``) point into ``root``; they are restored afterwards.
+    """
+    from medseg_helpers.course_model import course_model_config, ensure_trained_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"MEDSEG_DATA_DIR": str(root / "data"),
+                            "MEDSEG_RUN_DIR": str(root / "runs"), **env}.items():
+            mp.setenv(name, value)
+        config = course_model_config("smoke", progress=False, tensorboard=False,
+                                     model_kwargs={"depth": 2})
+        yield ensure_trained_model(config, device="cpu"), config

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _training_helpers import TinyNet
+from conftest import smoke_course_model
 
 from medseg_helpers.course_model import (
     course_model_config,
@@ -19,13 +20,8 @@ from medseg_helpers.inference import predict_logits, predict_probabilities
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("course_model")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSEG_DATA_DIR", str(root / "data"))
-        mp.setenv("MEDSEG_RUN_DIR", str(root / "runs"))
-        config = course_model_config("smoke", progress=False, tensorboard=False,
-                                     model_kwargs={"depth": 2})
-        yield ensure_trained_model(config, device="cpu"), config
+    with smoke_course_model(tmp_path_factory.mktemp("course_model")) as (model, config):
+        yield model, config
 
 
 def test_test_patients_are_held_out_of_training_and_validation(trained) -> None:

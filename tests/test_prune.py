@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import smoke_course_model
 from torch import nn
 
 from medseg_helpers.models.unet import UNet
@@ -129,15 +130,8 @@ def test_amount_must_be_a_fraction(amount) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from medseg_helpers.course_model import course_model_config, ensure_trained_model
-
-    root = tmp_path_factory.mktemp("prune_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSEG_DATA_DIR", str(root / "data"))
-        mp.setenv("MEDSEG_RUN_DIR", str(root / "runs"))
-        config = course_model_config("smoke", progress=False, tensorboard=False,
-                                     model_kwargs={"depth": 2})
-        yield ensure_trained_model(config, device="cpu")
+    with smoke_course_model(tmp_path_factory.mktemp("prune_run")) as (model, _):
+        yield model
 
 
 def _loss_on(model: nn.Module, trained, batch) -> float:

@@ -9,6 +9,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import smoke_course_model
+
 from medseg_helpers.cli import main  # noqa: E402
 from medseg_helpers.metrics import compute_dice  # noqa: E402
 from medseg_helpers.prune import make_permanent, prune_channels, remove_pruned_channels  # noqa: E402
@@ -25,16 +27,8 @@ FORMATS = {"onnx": "m.onnx", "torchscript": "m.pt", "program": "m.pt2", "int8": 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A smoke-trained course model (U-Net depth 2) and its four exports via the CLI."""
-    from medseg_helpers.course_model import course_model_config, ensure_trained_model
-
     root = tmp_path_factory.mktemp("variants")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDSEG_DATA_DIR", str(root / "data"))
-        mp.setenv("MEDSEG_RUN_DIR", str(root / "runs"))
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        config = course_model_config("smoke", progress=False, tensorboard=False,
-                                     model_kwargs={"depth": 2})
-        trained = ensure_trained_model(config, device="cpu")
+    with smoke_course_model(root, XDG_CACHE_HOME=str(root / "cache")) as (trained, _):
         outputs, paths = {}, {}
         for fmt, name in FORMATS.items():
             paths[fmt] = root / "export" / name
