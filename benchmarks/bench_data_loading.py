@@ -41,8 +41,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medseg_helpers import datasets as ds  # noqa: E402
+from medseg_helpers.datasets import (  # noqa: E402
+    NaiveVolumeDataset,
+    SliceDataset,
+    make_dataloader,
+)
+from medseg_helpers.decathlon import Case, read_decathlon  # noqa: E402
 from medseg_helpers.io import read_volume, write_volume  # noqa: E402
+from medseg_helpers.slice_cache import build_slice_cache  # noqa: E402
 from medseg_helpers.synthetic import generate_dataset  # noqa: E402
 
 
@@ -58,7 +64,7 @@ def time_items(get_item, order: np.ndarray, budget_s: float) -> tuple[int, float
     return done, time.perf_counter() - start
 
 
-def to_uncompressed(cases: list[ds.Case], folder: Path) -> list[ds.Case]:
+def to_uncompressed(cases: list[Case], folder: Path) -> list[Case]:
     """Copies of the cases as ``.nii`` files."""
     out = []
     for case in cases:
@@ -66,7 +72,7 @@ def to_uncompressed(cases: list[ds.Case], folder: Path) -> list[ds.Case]:
         for path, kind in ((case.image_path, "imagesTr"), (case.label_path, "labelsTr")):
             target = folder / kind / path.name.replace(".nii.gz", ".nii")
             paths.append(write_volume(read_volume(path), target))
-        out.append(ds.Case(case.patient_id, paths[0], paths[1], case.label_values))
+        out.append(Case(case.patient_id, paths[0], paths[1], case.label_values))
     return out
 
 
@@ -75,13 +81,13 @@ def run(num_cases: int, shape: tuple[int, int, int], budget_s: float, seed: int)
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         root = Path(tmp)
         generate_dataset(root / "gz", "mr", num_cases, shape, seed=seed)
-        cases = ds.read_decathlon(root / "gz")
+        cases = read_decathlon(root / "gz")
         nii_cases = to_uncompressed(cases, root / "nii")
         total = num_cases * shape[0]
         order = np.random.default_rng(seed).permutation(total)
 
         def naive(case_list, name, per_slice):
-            dataset = ds.NaiveVolumeDataset(
+            dataset = NaiveVolumeDataset(
                 [c.image_path for c in case_list],
                 [c.label_path for c in case_list],
                 per_slice=per_slice,
@@ -96,8 +102,8 @@ def run(num_cases: int, shape: tuple[int, int, int], budget_s: float, seed: int)
         naive(cases, "outline as written, item = volume", False)
 
         start = time.perf_counter()
-        cache = ds.build_slice_cache(cases, root / "cache")
-        dataset = ds.SliceDataset(cache)
+        cache = build_slice_cache(cases, root / "cache")
+        dataset = SliceDataset(cache)
         done, seconds = time_items(dataset.__getitem__, order, float("inf"))
         seconds_total = time.perf_counter() - start
         rows.append(
@@ -109,7 +115,7 @@ def run(num_cases: int, shape: tuple[int, int, int], budget_s: float, seed: int)
         done, seconds = min(epochs, key=lambda r: r[1])
         rows.append({"loader": "SliceDataset, later epoch", "slices": done, "seconds": seconds})
 
-        loader = ds.make_dataloader(dataset, batch_size=16, shuffle=True, seed=seed)
+        loader = make_dataloader(dataset, batch_size=16, shuffle=True, seed=seed)
         start = time.perf_counter()
         done = sum(len(batch["image"]) for batch in loader)
         rows.append(

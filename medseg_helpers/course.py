@@ -252,7 +252,7 @@ def _run_notebook(
     seconds = time.perf_counter() - start
     (out / "logs").mkdir(exist_ok=True)
     write_text_atomic(out / "logs" / f"{source.stem}.log", log or "")
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
     passed = status == "passed"
     checks = threshold_checks(profile, source.stem, metrics) if passed else []
     failed = check_thresholds(profile, source.stem, metrics) if passed else []

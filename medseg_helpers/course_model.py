@@ -109,15 +109,15 @@ class TrainedModel:
 
     @cached_property
     def cache(self) -> Any:
-        """The `datasets.SliceCache` holding the preprocessed (z-scored) images."""
+        """The `slice_cache.SliceCache` holding the preprocessed (z-scored) images."""
         from medseg_helpers.train_job import open_slice_cache
 
         return open_slice_cache(self.dataset_dir)
 
     @cached_property
     def cases(self) -> dict[str, Any]:
-        """``{patient_id: datasets.Case}`` with the source image and label paths."""
-        from medseg_helpers.datasets import read_decathlon
+        """``{patient_id: decathlon.Case}`` with the source image and label paths."""
+        from medseg_helpers.decathlon import read_decathlon
 
         return {case.patient_id: case for case in read_decathlon(self.dataset_dir)}
 

@@ -67,7 +67,7 @@ def derive_dataset(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Raises:
         KeyError: a patient id that ``source_dir`` does not hold.
     """
-    from medseg_helpers.datasets import read_decathlon
+    from medseg_helpers.decathlon import read_decathlon
     from medseg_helpers.io import read_volume, write_volume
 
     source_dir, out_dir = Path(source_dir).resolve(), Path(out_dir)
@@ -180,7 +180,7 @@ class Experiment:
 
     def __init__(self, config: TrainConfig, work_dir: str | os.PathLike,
                  train_steps: int | None = None, val_points: int = 10) -> None:
-        from medseg_helpers.datasets import read_decathlon
+        from medseg_helpers.decathlon import read_decathlon
         from medseg_helpers.train_job import _dataset_dir, _read_labels
 
         self.config = config.updated(progress=False, tensorboard=False, resume=False)

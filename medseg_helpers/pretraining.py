@@ -62,7 +62,7 @@ class InpaintingDataset(Dataset):
     """Unlabelled slices of some patients as ``{"image": corrupted, "target": clean}`` pairs.
 
     Args:
-        cache: a `datasets.SliceCache` (z-scored slices ``(N, C, H, W)``); its labels are
+        cache: a `slice_cache.SliceCache` (z-scored slices ``(N, C, H, W)``); its labels are
             never read.
         patient_ids: patients whose slices are used (any split except test).
         seed: holes and noise of item ``i`` in epoch ``e`` come from ``seed``, ``e`` and

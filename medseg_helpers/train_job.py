@@ -6,7 +6,7 @@ call. It glues the other modules together and holds no training logic of its own
 1. dataset folder: ``config.data_dir``, else the profile's synthetic phantoms (generated)
    or Decathlon task (downloaded, `course_data`);
 2. patient-level split (`splits.split_patients`), then 2D slices from a memory-mapped
-   cache (`datasets.SliceDataset`) or 3D patches (`datasets.PatchDataset3D`). Validation
+   cache (`datasets.SliceDataset`) or 3D patches (`patch_dataset.PatchDataset3D`). Validation
    always scores whole volumes, one Dice per patient and class (as nnU-Net and the final
    evaluation do): a 2D model runs slice by slice (`SliceBySliceInferer`), a 3D model by
    sliding window. Per-slice Dice would be much lower and noisier for small structures: a
@@ -164,10 +164,11 @@ def open_slice_cache(dataset_dir: Path) -> Any:
     Training, validation and `course_model.TrainedModel` all read images through it, so a
     model is always evaluated on exactly the preprocessing it was trained with.
     """
-    from medseg_helpers import datasets
+    from medseg_helpers.decathlon import read_decathlon
+    from medseg_helpers.slice_cache import build_slice_cache
 
-    cases = datasets.read_decathlon(dataset_dir)
-    return datasets.build_slice_cache(cases, get_data_dir() / "cache" / Path(dataset_dir).name)
+    cases = read_decathlon(dataset_dir)
+    return build_slice_cache(cases, get_data_dir() / "cache" / Path(dataset_dir).name)
 
 
 def patient_split(config: TrainConfig, cache: Any, num_classes: int) -> PatientSplit:
@@ -196,7 +197,9 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
         ValueError: labels that are not ``0..K-1``, ``out_channels``/``in_channels`` that
             disagree with the dataset, or ``spatial_dims=3`` without ``patch_size``.
     """
-    from medseg_helpers import datasets
+    from medseg_helpers.datasets import SliceDataset
+    from medseg_helpers.decathlon import read_decathlon
+    from medseg_helpers.patch_dataset import PatchDataset3D
 
     info = info or distributed.get_dist_info()
     dataset_dir = _dataset_dir(config)
@@ -205,7 +208,7 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
         raise ValueError(f"out_channels={config.out_channels} but {dataset_dir.name} has "
                          f"{len(names)} classes {names}")
     cache = open_slice_cache(dataset_dir)  # also the 3D validation volumes
-    cases = datasets.read_decathlon(dataset_dir)
+    cases = read_decathlon(dataset_dir)
     if split is None:
         split = patient_split(config, cache, len(names))
     unknown = sorted(p for p in {*split.train, *split.val} if p not in cache.cases)
@@ -219,17 +222,16 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
 
         transform = (build_2d_augmentation(config.augmentation, image_range="zscore",
                                            seed=config.seed) if config.augmentation else None)
-        train = datasets.SliceDataset(cache, split.train, transform=transform,
-                                      empty_slice_fraction=config.empty_slice_fraction,
-                                      seed=config.seed)
+        train = SliceDataset(cache, split.train, transform=transform,
+                             empty_slice_fraction=config.empty_slice_fraction, seed=config.seed)
     else:
         if config.patch_size is None:
             raise ValueError("spatial_dims=3 needs patch_size=(D, H, W)")
         train_ids = set(split.train)
-        train = datasets.PatchDataset3D([c for c in cases if c.patient_id in train_ids],
-                                        config.patch_size, preset=config.augmentation,
-                                        cache_dir=get_data_dir() / "cache" / dataset_dir.name,
-                                        seed=config.seed)
+        train = PatchDataset3D([c for c in cases if c.patient_id in train_ids],
+                               config.patch_size, preset=config.augmentation,
+                               cache_dir=get_data_dir() / "cache" / dataset_dir.name,
+                               seed=config.seed)
     val = CachedVolumeDataset(cache, split.val)
     return TrainingData(_loader(train, config, config.batch_size, True, info),
                         _loader(val, config, 1, False, info),

@@ -35,7 +35,7 @@ def test_record_writes_json_under_the_run_dir(tmp_path):
 
     path = course.record("07_x", {"dice": np.float32(0.5), "n": np.int64(3)}, run_dir=tmp_path)
     assert path == tmp_path / "metrics" / "07_x.json"
-    assert json.loads(path.read_text()) == {"dice": 0.5, "n": 3}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"dice": 0.5, "n": 3}
 
 
 def test_record_rejects_values_that_are_not_json():
@@ -69,12 +69,12 @@ def test_run_course_runs_in_order_and_reports(notebooks, tmp_path):
         ("00_a", "passed"), ("01_b", "failed"), ("02_c", "passed"),
     ]  # fmt: skip
     assert "boom in 01" in results[1].error
-    summary = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert summary["passed"] is False
     assert summary["notebooks"]["02_c"]["metrics"] == {"y": 2.5}
     assert (out / "notebooks" / "01_b.ipynb").exists()  # executed copy kept for debugging
-    assert "| 01_b | failed |" in (out / "report.md").read_text()
-    page = (out / "report.html").read_text()
+    assert "| 01_b | failed |" in (out / "report.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert "boom in 01" in page and summary["environment"]["torch"] in page
 
 
@@ -154,7 +154,7 @@ def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_p
     md = write_report(_results(monkeypatch), "cpu", tmp_path, environment=env,
                       profile_settings={"max_epochs": 15, "volume_shape": (32, 96, 96)})
 
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 1  # only 05_training's figure
     assert base64.b64encode(PNG_1PX).decode() in page
     assert "<figcaption>curves</figcaption>" in page
@@ -166,12 +166,12 @@ def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_p
     assert "2.13.0+cpu" in page and "[32, 96, 96]" in page
     assert '<span class="fail">FAILED</span>' in page
 
-    text = md.read_text()
+    text = md.read_text(encoding="utf-8")
     assert "| best_val_dice | 0.91 | >= 0.85 | pass |" in text
     assert "| hd95_mm | missing | <= 5.0 | FAIL |" in text
     assert "![05_training_curves](figures/05_training_curves.png)" in text
     assert "| 05_training | passed | 62.5 |" in text and "hd95_mm missing" in text
-    summary = json.loads((tmp_path / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert summary["passed"] is False and summary["total_seconds"] == 65.5
     assert summary["environment"] == env
     assert summary["notebooks"]["05_training"]["checks"][0]["passed"] is True
@@ -183,4 +183,4 @@ def test_report_says_when_a_notebook_has_no_thresholds(tmp_path):
     result = course.NotebookResult("03_unet", "passed", 1.0, {"params": 123})
     write_report([result], "smoke", tmp_path)
     assert "| 03_unet | passed | 1.0 | params=123 | none set |" in format_summary_table([result])
-    assert "| params | 123 |  |  |" in (tmp_path / "report.md").read_text()
+    assert "| params | 123 |  |  |" in (tmp_path / "report.md").read_text(encoding="utf-8")

@@ -128,7 +128,7 @@ def test_gpu_profile_trains_on_hippocampus():
 
 def test_gpu_profile_downloads_the_task_once(mirror, tmp_path):
     from medseg_helpers.course_data import ensure_course_dataset
-    from medseg_helpers.datasets import read_decathlon
+    from medseg_helpers.decathlon import read_decathlon
 
     folder = ensure_course_dataset("gpu")
     assert folder == tmp_path / "data" / TASK

@@ -14,7 +14,7 @@ from medseg_helpers.pretraining import (
 
 
 class FakeCache:
-    """The two attributes of `datasets.SliceCache` the dataset reads."""
+    """The two attributes of `slice_cache.SliceCache` the dataset reads."""
 
     def __init__(self, slices=6, size=16):
         rng = np.random.default_rng(0)

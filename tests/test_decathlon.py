@@ -1,0 +1,61 @@
+"""Tests for medseg_helpers.decathlon: reading a Decathlon dataset.json into cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _decathlon_helpers import image_label_pair, synthetic_mr_dir, write_decathlon
+
+from medseg_helpers.decathlon import Case, read_decathlon
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    return synthetic_mr_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cases(dataset_dir) -> list[Case]:
+    return read_decathlon(dataset_dir)
+
+
+# --------------------------------------------------------------------------- read_decathlon
+
+
+def test_read_decathlon_lists_cases_with_declared_labels(cases, dataset_dir):
+    assert [c.patient_id for c in cases] == [f"phantom_mr_{i:03d}" for i in range(4)]
+    assert cases[0].image_path == dataset_dir / "imagesTr" / "phantom_mr_000.nii.gz"
+    assert cases[0].label_path == dataset_dir / "labelsTr" / "phantom_mr_000.nii.gz"
+    assert all(c.label_values == (0, 1, 2) for c in cases)
+
+
+def test_read_decathlon_skips_macos_metadata_entries(tmp_path):
+    root = write_decathlon(tmp_path, {"a_001": image_label_pair()})
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/._a_001.nii.gz", "label": "./labelsTr/._a"})
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert [c.patient_id for c in read_decathlon(root)] == ["a_001"]
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "match"),
+    [
+        (None, FileNotFoundError, "no dataset.json"),
+        ("{not json", ValueError, "not valid JSON"),
+        ('{"labels": {"0": "bg"}}', ValueError, "'training' list"),
+        ('{"labels": {"0": "bg"}, "training": [{"image": "x"}]}', ValueError, "entry 0"),
+        (
+            '{"labels": {"0": "bg"}, "training": [{"image": "./imagesTr/gone.nii.gz", '
+            '"label": "./labelsTr/gone.nii.gz"}]}',
+            FileNotFoundError,
+            "missing.*gone.nii.gz",
+        ),
+    ],
+)
+def test_read_decathlon_rejects_bad_dataset_json(tmp_path, content, error, match):
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content)
+    with pytest.raises(error, match=match):
+        read_decathlon(tmp_path)
