@@ -9,6 +9,8 @@ module, no private tags); do not send them to a clinical system.
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import shutil
 import tempfile
@@ -28,6 +30,17 @@ _UID_ROOT = "2.25.3172"
 def _decimal_string(values) -> str:
     """DICOM DS multi-value: backslash-separated numbers."""
     return "\\".join(f"{float(v):.10g}" for v in values)
+
+
+@contextlib.contextmanager
+def _process_locale_kept():
+    """Restore the process locale afterwards: GDCM's DICOM writer sets ``LC_ALL`` to "C",
+    which would make every later ``open()`` without ``encoding=`` in this process ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def write_dicom_series(volume: Volume, folder: str | os.PathLike,
@@ -64,7 +77,8 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike,
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    with tempfile.TemporaryDirectory(prefix=".dicom-", dir=folder) as tmp:
+    with (tempfile.TemporaryDirectory(prefix=".dicom-", dir=folder) as tmp,
+          _process_locale_kept()):
         for k in range(image.GetDepth()):
             tags = {
                 "0008|0060": modality,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,13 @@ def test_series_reads_back_with_the_same_voxels_and_geometry(tmp_path: Path, ct_
     back = io.read_volume(folder)
     np.testing.assert_array_equal(back.array, ct_volume.array)
     assert back.same_geometry(ct_volume, atol=1e-4)
+
+
+def test_writing_keeps_the_process_locale(tmp_path: Path, ct_volume) -> None:
+    # GDCM sets LC_ALL=C while writing; left so, later open() calls would default to ASCII.
+    before = locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)
+    write_dicom_series(ct_volume, tmp_path / "ct")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before
 
 
 def test_float_values_are_rounded_to_int16(tmp_path: Path) -> None:
