@@ -13,6 +13,22 @@ from medseg_helpers import dicom
 from medseg_helpers.volume import Volume
 
 
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Decathlon folder of 4 synthetic MR cases of ``(8, 32, 32)`` (seed 0), per module."""
+    from _decathlon_helpers import synthetic_mr_dir
+
+    return synthetic_mr_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cases(dataset_dir: Path) -> list:
+    """`decathlon.Case` list of `dataset_dir`."""
+    from medseg_helpers.decathlon import read_decathlon
+
+    return read_decathlon(dataset_dir)
+
+
 @pytest.fixture
 def write_dicom_series() -> Callable[..., Path]:
     """``write_dicom_series(volume, folder, series_uid=...) -> folder`` (`medseg_helpers.dicom`)."""

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _decathlon_helpers import image_label_pair, synthetic_mr_dir, write_decathlon
+from _decathlon_helpers import image_label_pair, write_decathlon
 
 from medseg_helpers.decathlon import Case, read_decathlon
 from medseg_helpers.io import GeometryMismatchError
 from medseg_helpers.patch_dataset import PatchDataset3D
 from medseg_helpers.slice_cache import build_slice_cache
 from medseg_helpers.volume import Volume
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    return synthetic_mr_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cases(dataset_dir) -> list[Case]:
-    return read_decathlon(dataset_dir)
 
 
 def _bad_case(tmp_path: Path, kind: str) -> list[Case]:

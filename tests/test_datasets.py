@@ -6,29 +6,17 @@ slices), plus a tiny hand-made Decathlon folder for per-worker augmentation.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import albumentations as A
 import numpy as np
 import pytest
 import torch
-from _decathlon_helpers import SHAPE, image_label_pair, synthetic_mr_dir, write_decathlon
+from _decathlon_helpers import SHAPE, image_label_pair, write_decathlon
 
 from medseg_helpers.augment import build_2d_augmentation
 from medseg_helpers.datasets import NaiveVolumeDataset, SliceDataset, make_dataloader
-from medseg_helpers.decathlon import Case, read_decathlon
+from medseg_helpers.decathlon import read_decathlon
 from medseg_helpers.slice_cache import SliceCache, build_slice_cache
 from medseg_helpers.splits import split_patients
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    return synthetic_mr_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cases(dataset_dir) -> list[Case]:
-    return read_decathlon(dataset_dir)
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from _decathlon_helpers import image_label_pair, synthetic_mr_dir, write_decathlon
+from _decathlon_helpers import image_label_pair, write_decathlon
 
-from medseg_helpers.decathlon import Case, read_decathlon
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    return synthetic_mr_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cases(dataset_dir) -> list[Case]:
-    return read_decathlon(dataset_dir)
-
+from medseg_helpers.decathlon import read_decathlon
 
 # --------------------------------------------------------------------------- read_decathlon
 

@@ -8,22 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _decathlon_helpers import count_reads, image_label_pair, synthetic_mr_dir, write_decathlon
+from _decathlon_helpers import count_reads, image_label_pair, write_decathlon
 
 from medseg_helpers.datasets import make_dataloader
 from medseg_helpers.decathlon import Case, read_decathlon
 from medseg_helpers.patch_dataset import PatchDataset3D
 from medseg_helpers.volume import Volume
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    return synthetic_mr_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cases(dataset_dir) -> list[Case]:
-    return read_decathlon(dataset_dir)
 
 
 def test_patch_items_have_documented_shapes_and_dtypes(cases):

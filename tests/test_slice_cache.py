@@ -7,27 +7,16 @@ hand-made Decathlon folders for geometry and channels.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import pytest
-from _decathlon_helpers import count_reads, image_label_pair, synthetic_mr_dir, write_decathlon
+from _decathlon_helpers import count_reads, image_label_pair, write_decathlon
 
 from medseg_helpers.datasets import SliceDataset
-from medseg_helpers.decathlon import Case, read_decathlon
+from medseg_helpers.decathlon import read_decathlon
 from medseg_helpers.io import read_volume, write_volume
 from medseg_helpers.slice_cache import SliceCache, build_slice_cache
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    return synthetic_mr_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def cases(dataset_dir) -> list[Case]:
-    return read_decathlon(dataset_dir)
 
 
 @pytest.fixture(scope="module")
