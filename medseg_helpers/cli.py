@@ -160,21 +160,26 @@ def _course_strip(args: argparse.Namespace) -> int:
 
 
 def _course_bless(args: argparse.Namespace) -> int:
-    import tempfile
+    """Run the notebooks (smoke) in ``<runs>/course-bless`` and copy the outputs of their
+    checked cells into the sources. The run folder is kept, so a failure leaves its logs."""
+    import shutil
 
     from medseg_helpers.course import list_notebooks, run_course
     from medseg_helpers.nbhygiene import copy_checked_outputs
 
-    with tempfile.TemporaryDirectory(prefix="medseg-bless-") as tmp:
-        results = run_course("smoke", tmp, notebooks=args.only, notebook_dir=args.notebook_dir)
-        failed = [r.notebook for r in results if r.status != "passed"]
-        if failed:
-            print(f"not refreshed, these notebooks failed: {', '.join(failed)}", file=sys.stderr)
-            return 1
-        for source in list_notebooks(args.notebook_dir):
-            executed = Path(tmp) / "notebooks" / source.name
-            if executed.exists():
-                print(f"{source.name}: {copy_checked_outputs(source, executed)} checked cells")
+    out = _default_course_dir("smoke").with_name("course-bless")
+    shutil.rmtree(out, ignore_errors=True)  # never bless from a stale executed copy
+    results = run_course("smoke", out, notebooks=args.only, timeout_s=args.timeout,
+                         notebook_dir=args.notebook_dir)
+    failed = [r.notebook for r in results if r.status != "passed"]
+    if failed:
+        print(f"not refreshed, these notebooks failed: {', '.join(failed)}; "
+              f"logs and executed copies in {out}", file=sys.stderr)
+        return 1
+    for source in list_notebooks(args.notebook_dir):
+        executed = out / "notebooks" / source.name
+        if executed.exists():
+            print(f"{source.name}: {copy_checked_outputs(source, executed)} checked cells")
     return 0
 
 
@@ -367,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bless", help="run notebooks (smoke) and store the outputs of NBVAL_CHECK_OUTPUT cells"
     )
     bless.add_argument("--only", nargs="+", default=None, help="notebook prefixes, e.g. 00 05")
+    bless.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
     bless.add_argument("--notebook-dir", default=None)
     bless.set_defaults(func=_course_bless)
     _refuse_abbreviations(parser)

@@ -184,3 +184,21 @@ def test_report_says_when_a_notebook_has_no_thresholds(tmp_path):
     write_report([result], "smoke", tmp_path)
     assert "| 03_unet | passed | 1.0 | params=123 | none set |" in format_summary_table([result])
     assert "| params | 123 |  |  |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_bless_stores_only_checked_outputs_and_keeps_its_run_folder(notebooks, tmp_path,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setenv("MEDSEG_RUN_DIR", str(tmp_path / "runs"))
+    _notebook(notebooks / "00_a.ipynb", "# NBVAL_CHECK_OUTPUT\nprint(6 * 7)", "print('noise')")
+    assert main(["course", "bless", "--notebook-dir", str(notebooks), "--timeout", "120"]) == 0
+    cells = nbformat.read(notebooks / "00_a.ipynb", as_version=4).cells
+    assert cells[1].outputs[0]["text"] == "42\n" and cells[1].execution_count is not None
+    assert cells[2].outputs == []  # unchecked cells stay stripped
+    assert (tmp_path / "runs" / "course-bless" / "logs" / "00_a.log").exists()
+
+    _notebook(notebooks / "01_b.ipynb", "raise RuntimeError('boom in 01')")
+    assert main(["course", "bless", "--notebook-dir", str(notebooks)]) == 1
+    err = capsys.readouterr().err
+    assert "01_b" in err and str(tmp_path / "runs" / "course-bless") in err
+    assert (tmp_path / "runs" / "course-bless" / "logs" / "01_b.log").exists()  # kept
