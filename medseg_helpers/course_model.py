@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -62,20 +63,34 @@ _RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def course_model_config(profile: str | None = None, **overrides: Any) -> TrainConfig:
+def course_model_config(profile: str | None = None, *,
+                        run_root: str | os.PathLike | None = None,
+                        **overrides: Any) -> TrainConfig:
     """The recipe of the course's main model for ``profile`` (a 2D U-Net with Dice+CE).
 
     The profile's defaults (`TrainConfig.from_profile`), then the course's choices for
     that profile (`_COMMON`, `_RECIPES`: loss, depth, learning rate, warm-up...), then
     ``overrides``. Notebook 05 trains it; later notebooks reuse it through
-    `ensure_trained_model`. The run directory is ``$MEDSEG_RUN_DIR/train-<profile>-unet-2d``
-    unless overridden.
+    `ensure_trained_model`.
+
+    Args:
+        profile: ``smoke`` | ``cpu`` | ``gpu``; None: ``$MEDSEG_PROFILE``.
+        run_root: the folder that holds the course's runs (a notebook's ``RUN_DIR``); the
+            run itself is ``<run_root>/train-<profile>-<model>-<dims>d``. None:
+            ``$MEDSEG_RUN_DIR``. An explicit ``run_dir=`` override wins.
+        **overrides: `TrainConfig` fields (``model_kwargs`` are merged, not replaced).
     """
+    from medseg_helpers.train_job import default_run_dir
+
     name = profile_defaults(profile).name
     recipe = copy.deepcopy({**_COMMON, **_RECIPES[name]})
     ours = recipe.pop("model_kwargs") if overrides.get("model", "unet") == "unet" else {}
     model_kwargs = {**ours, **overrides.pop("model_kwargs", {})}
-    return TrainConfig.from_profile(name, **{**recipe, **overrides, "model_kwargs": model_kwargs})
+    config = TrainConfig.from_profile(name, **{**recipe, **overrides,
+                                               "model_kwargs": model_kwargs})
+    if run_root is not None and not config.run_dir:
+        config = config.updated(run_dir=str(Path(run_root) / default_run_dir(config).name))
+    return config
 
 
 @dataclass
@@ -223,7 +238,9 @@ def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
 
 
 def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = False,
-                         device: torch.device | str | None = None) -> TrainedModel:
+                         device: torch.device | str | None = None,
+                         init_weights: Mapping[str, torch.Tensor] | None = None
+                         ) -> TrainedModel:
     """The model for ``config``: loaded if a finished run with the same recipe exists,
     otherwise trained now (which takes the profile's training time).
 
@@ -231,6 +248,9 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
         config: the recipe; None: `course_model_config` of ``$MEDSEG_PROFILE``.
         retrain: train even when a matching finished run exists.
         device: where to put the loaded model.
+        init_weights: a state dict to start from when it has to train (fine-tuning, see
+            `train_job.train_from_config`). It is not part of the recipe that decides
+            reuse, so give a fine-tuned run a ``run_dir`` of its own.
     """
     from medseg_helpers.train_job import default_run_dir, train_from_config
 
@@ -240,7 +260,7 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
         logger.info("reusing the model trained in %s", run_dir)
     else:
         logger.info("training %s (no finished run with this recipe in %s)", config.model, run_dir)
-        train_from_config(config.updated(resume=False))
+        train_from_config(config.updated(resume=False), init_weights=init_weights)
     return load_trained_model(run_dir, device=device)
 
 

@@ -238,6 +238,16 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
                         len(names), names[1:], cache.num_channels, dataset_dir, split)
 
 
+def _load_init_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Load ``weights`` by name (others keep their initialisation); a state dict sharing no
+    name with the model would silently train from scratch, so it raises ValueError."""
+    own = model.state_dict()
+    if not any(name in own for name in weights):
+        raise ValueError(f"init_weights share no parameter name with the model (they have "
+                         f"{list(weights)[:3]}..., the model {list(own)[:3]}...)")
+    model.load_state_dict(weights, strict=False)  # a shape mismatch raises RuntimeError
+
+
 def train_from_config(config: TrainConfig | Mapping[str, Any], *,
                       init_weights: Mapping[str, torch.Tensor] | None = None,
                       split: PatientSplit | None = None,
@@ -280,7 +290,7 @@ def train_from_config(config: TrainConfig | Mapping[str, Any], *,
         model = build_model(config.model, config.spatial_dims, data.in_channels,
                             data.num_classes, **config.model_kwargs)
         if init_weights is not None:
-            model.load_state_dict(init_weights, strict=False)
+            _load_init_weights(model, init_weights)
         loss = build_loss(config.loss, **config.loss_kwargs)
         optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr,
                                     config.weight_decay, config.momentum, config.nesterov)

@@ -53,6 +53,23 @@ def test_a_finished_run_with_the_same_recipe_is_reused(trained, monkeypatch) -> 
         assert torch.equal(a, b)
 
 
+def test_a_run_that_must_train_starts_from_init_weights(trained, tmp_path: Path) -> None:
+    model, config = trained
+    # AdamW moves each weight by about lr per step: with lr 1e-12 the fine-tuned run must
+    # still hold the init weights (a fresh initialisation would differ by ~0.1)
+    tuned = ensure_trained_model(config.updated(max_epochs=1, lr=1e-12, run_dir=str(tmp_path)),
+                                 device="cpu", init_weights=model.model.state_dict())
+    for a, b in zip(model.model.parameters(), tuned.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_init_weights_that_match_nothing_are_refused(trained, tmp_path: Path) -> None:
+    _, config = trained
+    with pytest.raises(ValueError, match="share no parameter name"):
+        ensure_trained_model(config.updated(run_dir=str(tmp_path)),
+                             init_weights={"encoder.0.weight": torch.zeros(1)})
+
+
 def test_loading_an_empty_run_directory_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train a model there first"):
         load_trained_model(tmp_path)
@@ -93,3 +110,14 @@ def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
         course_model_config("laptop")
     with pytest.raises(ValueError, match=r"did you mean 'max_epochs'"):
         course_model_config("cpu", epochs=5)
+
+
+def test_run_root_places_the_run_under_a_notebooks_run_dir(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MEDSEG_RUN_DIR", str(tmp_path / "env"))
+    assert course_model_config("cpu").run_dir is None  # $MEDSEG_RUN_DIR/train-cpu-unet-2d
+    mine = course_model_config("cpu", run_root=tmp_path / "mine")
+    assert mine.run_dir == str(tmp_path / "mine" / "train-cpu-unet-2d")
+    assert course_model_config("cpu", run_root=tmp_path / "mine",
+                               spatial_dims=3).run_dir.endswith("train-cpu-unet-3d")
+    explicit = course_model_config("cpu", run_root=tmp_path / "mine", run_dir="elsewhere")
+    assert explicit.run_dir == "elsewhere"
