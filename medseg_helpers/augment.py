@@ -180,7 +180,8 @@ def build_2d_augmentation(
     transforms += _intensity_transforms(preset, image_range)
     if preset == "heavy":
         transforms += [
-            A.ElasticTransform(alpha=250.0, sigma=10.0, **nearest, p=0.3),  # ~1.5 px mean shift
+            # alpha, sigma in pixels: mean shift ~2-3 px, largest ~8 px in a typical draw
+            A.ElasticTransform(alpha=250.0, sigma=10.0, **nearest, p=0.3),
             A.GridDistortion(num_steps=5, distort_limit=(-0.2, 0.2), **nearest, p=0.2),
             A.CoarseDropout(
                 num_holes_range=(1, 4),
