@@ -14,6 +14,7 @@ checkpoints and logs; metrics are all-reduced so every rank takes the same decis
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator, Sized
@@ -87,8 +88,16 @@ def init_from_env(backend: str | None = None) -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group if one is active."""
+    """Leave the process group if one is active.
+
+    Waits for every rank first, then collects garbage so that objects still holding the
+    group (a dropped ``DistributedDataParallel`` wrapper) release it while the interpreter is
+    fully alive: a gloo group torn down at interpreter exit can abort the process
+    ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

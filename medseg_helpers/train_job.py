@@ -317,9 +317,11 @@ def train_from_config(config: TrainConfig | Mapping[str, Any], *,
         last = run_dir / "checkpoints" / "last.pt"
         resume = last if config.resume and last.is_file() else None
         metrics = trainer.fit(resume_from=resume)
+        result = {**metrics, "run_dir": str(run_dir), "dataset_dir": str(data.dataset_dir),
+                  "num_classes": data.num_classes, "class_names": data.class_names,
+                  "history": list(trainer.history)}
     finally:
         if started_group:
+            trainer = model = None  # the DDP wrapper holds the process group: release it first
             distributed.cleanup()
-    return {**metrics, "run_dir": str(run_dir), "dataset_dir": str(data.dataset_dir),
-            "num_classes": data.num_classes, "class_names": data.class_names,
-            "history": list(trainer.history)}
+    return result

@@ -135,6 +135,7 @@ def train_reference(world_size: int, steps_per_rank_batch: int, epochs: int, out
     result = {"params": flat_params(trainer.model).tolist(), "val_dice": metrics["best_val_dice"],
               "train_loss": metrics["train_loss"], "rank": info.rank,
               "world_size": info.world_size}
+    del trainer, model
     distributed.cleanup()
     return result
 
