@@ -52,6 +52,21 @@ def label_cmap(num_classes: int | None = None) -> ListedColormap:
     return ListedColormap(colors)
 
 
+def add_label_legend(ax: plt.Axes, class_names: list[str], loc: str = "lower right",
+                     fontsize: float = 8) -> None:
+    """Add a legend naming the overlay colours: ``class_names[k - 1]`` for label ``k``.
+
+    Args:
+        class_names: names of the foreground classes, label 1 first (as in
+            ``dataset.json`` without the background), e.g. ``["organ", "lesion"]``.
+    """
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=LABEL_COLORS[k % len(LABEL_COLORS)], label=name)
+               for k, name in enumerate(class_names, start=1)]
+    ax.legend(handles=handles, loc=loc, fontsize=fontsize, framealpha=0.8)
+
+
 def extract_view(volume: Volume, view: str, index: int | None = None) -> tuple[np.ndarray, float]:
     """One 2D slice of a 3D volume ready for ``imshow`` and its pixel aspect.
 
@@ -163,9 +178,11 @@ def show_errors(
 
 
 def plot_orthogonal(
-    image: Volume, label: Volume | None = None, index: tuple[int, int, int] | None = None
+    image: Volume, label: Volume | None = None, index: tuple[int, int, int] | None = None,
+    class_names: list[str] | None = None,
 ) -> plt.Figure:
-    """Axial, coronal and sagittal slices through ``index`` (default: the centre)."""
+    """Axial, coronal and sagittal slices through ``index`` (default: the centre); with
+    ``class_names`` (foreground, label 1 first) the last view gets a colour legend."""
     index = index or tuple(s // 2 for s in image.spatial_shape)
     vmin, vmax = np.percentile(image.array, [1, 99])
     fig, axes = plt.subplots(1, 3, figsize=(11, 4), constrained_layout=True)
@@ -173,6 +190,8 @@ def plot_orthogonal(
         slice_2d, aspect = extract_view(image, view, i)
         label_2d = extract_view(label, view, i)[0] if label is not None else None
         show_slice(ax, slice_2d, label_2d, aspect, title=f"{view} {i}", vmin=vmin, vmax=vmax)
+    if class_names:
+        add_label_legend(axes[-1], class_names)
     return fig
 
 

@@ -45,6 +45,16 @@ def test_contours_use_the_label_colours() -> None:
     plt.close(fig)
 
 
+def test_label_legend_names_each_class_in_its_overlay_colour() -> None:
+    fig, ax = plt.subplots()
+    viz.add_label_legend(ax, ["organ", "lesion"])
+    legend = ax.get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["organ", "lesion"]
+    colours = [tuple(np.round(patch.get_facecolor()[:3], 2)) for patch in legend.get_patches()]
+    assert colours == [tuple(np.round(viz.LABEL_COLORS[k][:3], 2)) for k in (1, 2)]
+    plt.close(fig)
+
+
 def test_worst_slice_has_most_errors(case) -> None:
     _, truth, pred = case
     assert review.worst_slice(truth, pred, 2) == 2  # 3 missed lesion voxels vs 1 FP on 3
