@@ -318,11 +318,18 @@ def optimize_until(study: optuna.Study, objective: Callable[[optuna.Trial], floa
 
     Unlike ``study.optimize(n_trials=...)``, which counts this worker's trials, the
     budget is the study's: a restarted or second worker runs only what is missing.
-    Failed trials (interrupted, crashed) do not count, so they are replaced.
+    Failed trials (interrupted, crashed) do not count, so they are replaced. Before
+    each count, "running" trials whose heartbeat went silent (their worker died; see
+    `open_study`) are marked failed, so a dead worker's last trial is replaced even
+    when no other worker starts a trial after it.
     """
-    while len(study.get_trials(deepcopy=False, states=_COUNTED)) < n_trials:
+    while True:
+        with warnings.catch_warnings():  # experimental in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # no-op without heartbeats
+        if len(study.get_trials(deepcopy=False, states=_COUNTED)) >= n_trials:
+            return study
         study.optimize(objective, n_trials=1)
-    return study
 
 
 def run_study(base_config: TrainConfig, *, n_trials: int, study_name: str = "medseg",

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,20 @@ def test_interrupted_study_resumes_from_sqlite(env):
     assert study.best_value >= first.value
     assert not (env / "resume" / "trial-001" / "metrics.json").exists()  # interrupted run
     assert (env / "resume" / "trial-003" / "metrics.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands in
+def test_a_dead_workers_silent_trial_is_replaced(tmp_path):
+    # a worker died while its trial was running: its last heartbeat is older than the
+    # grace period (3 heartbeats), and no other worker started a trial since
+    study = tuning.open_study("dead", tuning.default_storage(tmp_path),
+                              optuna.samplers.RandomSampler(seed=0), heartbeat_s=1)
+    dead = study.ask()
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(4.5)  # > 3 s: SQLite stores the heartbeat to the whole second
+    tuning.optimize_until(study, lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.FAIL and states[1:].count(TrialState.COMPLETE) == 2
 
 
 def test_studies_sharing_a_run_dir_keep_their_trials_apart(env):
