@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import albumentations as A  # noqa: E402
 
 from medseg_helpers import augment  # noqa: E402
-from medseg_helpers.preprocess import normalise_minmax  # noqa: E402
-from medseg_helpers.synthetic import make_case  # noqa: E402
+from medseg_helpers.data.synthetic import make_case  # noqa: E402
+from medseg_helpers.transforms.preprocess import normalise_minmax  # noqa: E402
 
 
 def sample_pair(size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -41,15 +41,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medseg_helpers.datasets import (  # noqa: E402
+from medseg_helpers.data.datasets import (  # noqa: E402
     NaiveVolumeDataset,
     SliceDataset,
     make_dataloader,
 )
-from medseg_helpers.decathlon import Case, read_decathlon  # noqa: E402
-from medseg_helpers.io import read_volume, write_volume  # noqa: E402
-from medseg_helpers.slice_cache import build_slice_cache  # noqa: E402
-from medseg_helpers.synthetic import generate_dataset  # noqa: E402
+from medseg_helpers.data.decathlon import Case, read_decathlon  # noqa: E402
+from medseg_helpers.data.io import read_volume, write_volume  # noqa: E402
+from medseg_helpers.data.slice_cache import build_slice_cache  # noqa: E402
+from medseg_helpers.data.synthetic import generate_dataset  # noqa: E402
 
 
 def time_items(get_item, order: np.ndarray, budget_s: float) -> tuple[int, float]:

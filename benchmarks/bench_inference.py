@@ -5,7 +5,7 @@ notebook 05 trained under ``$MEDSEG_RUN_DIR``, training it first if missing), or
 ``--run-dir DIR`` for any finished training run; ``--quick`` for a smoke run. The service
 throughput is measured by ``bench_service.py``.
 
-Rows (all from `medseg_helpers.variants.variant_table`, on the run's held-out test
+Rows (all from `medseg_helpers.deploy.variants.variant_table`, on the run's held-out test
 patients, Dice on the preprocessed grid, latency = median time per whole volume with
 rounds interleaved across variants, speed-up = eager / variant in this run):
 
@@ -31,14 +31,14 @@ import torch
 
 
 def build_variants(trained, folder: Path, args: argparse.Namespace) -> dict:
-    from medseg_helpers import prune
-    from medseg_helpers.export import (
+    from medseg_helpers.deploy import prune
+    from medseg_helpers.deploy.export import (
         export_onnx,
         export_program,
         export_torchscript,
         quantize_onnx_int8,
     )
-    from medseg_helpers.variants import calibration_images, example_input, quiet_exporters
+    from medseg_helpers.deploy.variants import calibration_images, example_input, quiet_exporters
 
     model = trained.model
     example = example_input(trained)
@@ -62,12 +62,12 @@ def build_variants(trained, folder: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    from medseg_helpers.course_model import (
+    from medseg_helpers.course.model import (
         course_model_config,
         ensure_trained_model,
         load_trained_model,
     )
-    from medseg_helpers.variants import variant_table
+    from medseg_helpers.deploy.variants import variant_table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default=None, help="course model of this profile")

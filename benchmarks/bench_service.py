@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/bench_service.py`` (about a minute on 2 cores), or
 ``--quick``. The service is the real thing: ``medseg serve`` in a child process
-(`medseg_helpers.service_process.BackgroundService`, uvicorn on 127.0.0.1, ONNX Runtime
+(`medseg_helpers.deploy.service_process.BackgroundService`, uvicorn on 127.0.0.1, ONNX Runtime
 fp32), called by ``--clients`` threads each with its own ``httpx.Client`` posting the same
 ``.nii.gz`` volume for ``--seconds`` per row. Latency is measured by the client (upload,
 parsing, normalisation, inference, NIfTI encoding, download).
@@ -32,9 +32,9 @@ def _model(folder: Path, args: argparse.Namespace) -> tuple[Path, int]:
         return Path(args.model), args.num_classes
     import torch
 
-    from medseg_helpers.export import export_onnx
-    from medseg_helpers.models.unet import UNet
-    from medseg_helpers.variants import quiet_exporters
+    from medseg_helpers.deploy.export import export_onnx
+    from medseg_helpers.deploy.variants import quiet_exporters
+    from medseg_helpers.networks.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(2, 1, 3, base_channels=16, depth=4).eval()
@@ -79,7 +79,7 @@ def measure(url: str, payload: bytes, clients: int, seconds: float) -> dict[str,
 
 
 def main() -> None:
-    from medseg_helpers.service_process import BackgroundService
+    from medseg_helpers.deploy.service_process import BackgroundService
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short rows (smoke run)")

@@ -42,9 +42,9 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg_helpers.losses import DiceCELoss  # noqa: E402
-from medseg_helpers.models import build_model  # noqa: E402
-from medseg_helpers.schedules import build_optimizer, build_scheduler  # noqa: E402
-from medseg_helpers.training import Trainer  # noqa: E402
+from medseg_helpers.networks import build_model  # noqa: E402
+from medseg_helpers.training.schedules import build_optimizer, build_scheduler  # noqa: E402
+from medseg_helpers.training.trainer import Trainer  # noqa: E402
 
 _clock = time.perf_counter  # epoch timer; --clock cpu switches to time.process_time
 
@@ -164,7 +164,7 @@ def main() -> None:
 
 def checkpoint_cost(dataset: _DictDataset, batch_size: int) -> tuple[float, float]:
     """Median time and size of writing the "as used" Trainer's checkpoint (5 writes)."""
-    from medseg_helpers.checkpoint import save_checkpoint
+    from medseg_helpers.training.checkpoint import save_checkpoint
 
     model, loss_fn, optimizer, loader = make_setup(dataset, batch_size)
     trainer = Trainer(model, loss_fn, optimizer, loader, None, num_classes=2, device="cpu",

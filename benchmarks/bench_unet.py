@@ -64,7 +64,7 @@ def build(name: str, dims: int):
     """The benchmarked models, all with 1 input channel and 2 output classes."""
     if name.startswith("ours"):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from medseg_helpers.models import UNet
+        from medseg_helpers.networks import UNet
 
         norm = "batch" if name == "ours_bn" else "instance"
         return UNet(dims, 1, 2, base_channels=16, depth=4, norm=norm)

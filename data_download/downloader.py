@@ -47,8 +47,8 @@ from data_download.manifest import (
     load_manifest,
     parse_manifest,
 )
-from medseg_helpers.config import get_data_dir
 from medseg_helpers.fileutil import write_text_atomic
+from medseg_helpers.paths import get_data_dir
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg_helpers.config import PROFILES
+from medseg_helpers.course.profiles import PROFILES
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from medseg_helpers.course_data import ensure_synthetic_dataset
+    from medseg_helpers.course.data import ensure_synthetic_dataset
 
     start = time.perf_counter()
     folder = ensure_synthetic_dataset(
@@ -43,7 +43,7 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def _data_convert(args: argparse.Namespace) -> int:
-    from medseg_helpers.io import convert_to_nifti
+    from medseg_helpers.data.io import convert_to_nifti
 
     written = convert_to_nifti(args.source, args.destination, is_label=args.label)
     print(f"wrote {written}")
@@ -51,8 +51,8 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from medseg_helpers.course_model import load_trained_model
-    from medseg_helpers.variants import export_trained_model
+    from medseg_helpers.course.model import load_trained_model
+    from medseg_helpers.deploy.variants import export_trained_model
 
     trained = load_trained_model(args.run_dir, which=args.which, device="cpu")
     report = export_trained_model(trained, args.format, args.out)
@@ -67,7 +67,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from medseg_helpers.serve import run_server
+    from medseg_helpers.deploy.serve import run_server
 
     run_server(
         args.model,
@@ -81,7 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medseg_helpers.evaluation import (
+    from medseg_helpers.metrics.evaluation import (
         evaluate_folders,
         format_summary,
         save_metrics_csv,
@@ -100,9 +100,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _course_run(args: argparse.Namespace) -> int:
-    from medseg_helpers.config import get_profile_name
-    from medseg_helpers.course import run_course
-    from medseg_helpers.report import format_summary_table
+    from medseg_helpers.course.profiles import get_profile_name
+    from medseg_helpers.course.report import format_summary_table
+    from medseg_helpers.course.runner import run_course
 
     def progress(result) -> None:
         detail = f" ({result.error})" if result.error else ""
@@ -130,14 +130,15 @@ def _course_run(args: argparse.Namespace) -> int:
 
 
 def _default_course_dir(profile: str | None) -> Path:
-    from medseg_helpers.config import get_profile_name, get_run_dir
+    from medseg_helpers.course.profiles import get_profile_name
+    from medseg_helpers.paths import get_run_dir
 
     return get_run_dir() / f"course-{get_profile_name(profile)}"
 
 
 def _course_check(args: argparse.Namespace) -> int:
-    from medseg_helpers.course import list_notebooks
-    from medseg_helpers.nbhygiene import check_course
+    from medseg_helpers.course.hygiene import check_course
+    from medseg_helpers.course.runner import list_notebooks
 
     notebooks = list_notebooks(args.notebook_dir)
     if not notebooks:
@@ -151,8 +152,8 @@ def _course_check(args: argparse.Namespace) -> int:
 
 
 def _course_strip(args: argparse.Namespace) -> int:
-    from medseg_helpers.course import list_notebooks
-    from medseg_helpers.nbhygiene import strip_notebook
+    from medseg_helpers.course.hygiene import strip_notebook
+    from medseg_helpers.course.runner import list_notebooks
 
     changed = [nb.name for nb in list_notebooks(args.notebook_dir) if strip_notebook(nb)]
     print(f"stripped {len(changed)} notebooks" + (f": {', '.join(changed)}" if changed else ""))
@@ -164,8 +165,8 @@ def _course_bless(args: argparse.Namespace) -> int:
     checked cells into the sources. The run folder is kept, so a failure leaves its logs."""
     import shutil
 
-    from medseg_helpers.course import list_notebooks, run_course
-    from medseg_helpers.nbhygiene import copy_checked_outputs
+    from medseg_helpers.course.hygiene import copy_checked_outputs
+    from medseg_helpers.course.runner import list_notebooks, run_course
 
     out = _default_course_dir("smoke").with_name("course-bless")
     shutil.rmtree(out, ignore_errors=True)  # never bless from a stale executed copy
@@ -202,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from medseg_helpers.course_model import course_model_config
+    from medseg_helpers.course.model import course_model_config
 
     values = {}
     if args.config:
@@ -217,7 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.run_dir:
         values["run_dir"] = args.run_dir
     config = course_model_config(profile, **values)
-    from medseg_helpers.train_job import default_run_dir, train_from_config
+    from medseg_helpers.training.job import default_run_dir, train_from_config
 
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
     if main_process:
@@ -236,8 +237,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from medseg_helpers.train_config import TrainConfig
-    from medseg_helpers.tuning import default_search_space, run_study, study_dataframe
+    from medseg_helpers.training.config import TrainConfig
+    from medseg_helpers.tuning.search import default_search_space, run_study, study_dataframe
 
     overrides = {"max_epochs": args.epochs} if args.epochs else {}
     base = (TrainConfig.from_yaml(args.config).updated(**overrides) if args.config

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg_helpers import io
-from medseg_helpers.io import write_volume
-from medseg_helpers.synthetic import generate_dataset
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import io
+from medseg_helpers.data.io import write_volume
+from medseg_helpers.data.synthetic import generate_dataset
+from medseg_helpers.data.volume import Volume
 
 SHAPE = (8, 32, 32)  # (Z, Y, X): 4 cases give 32 axial slices
 

@@ -110,9 +110,9 @@ def train_reference(world_size: int, steps_per_rank_batch: int, epochs: int, out
     """
     from torch.utils.data import DistributedSampler
 
-    from medseg_helpers import distributed
-    from medseg_helpers.schedules import build_optimizer
-    from medseg_helpers.training import Trainer
+    from medseg_helpers.training import distributed
+    from medseg_helpers.training.schedules import build_optimizer
+    from medseg_helpers.training.trainer import Trainer
 
     info = distributed.init_from_env("gloo")
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_helpers import dicom
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import dicom
+from medseg_helpers.data.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,14 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cases(dataset_dir: Path) -> list:
     """`decathlon.Case` list of `dataset_dir`."""
-    from medseg_helpers.decathlon import read_decathlon
+    from medseg_helpers.data.decathlon import read_decathlon
 
     return read_decathlon(dataset_dir)
 
 
 @pytest.fixture
 def write_dicom_series() -> Callable[..., Path]:
-    """``write_dicom_series(volume, folder, series_uid=...) -> folder`` (`medseg_helpers.dicom`)."""
+    """``write_dicom_series(volume, folder, series_uid=...) -> folder`` (`data.dicom`)."""
     return dicom.write_dicom_series
 
 
@@ -56,7 +56,7 @@ def smoke_course_model(root: Path, **env: str) -> Iterator[tuple[object, object]
     Yields ``(TrainedModel, TrainConfig)`` while ``MEDSEG_DATA_DIR``/``MEDSEG_RUN_DIR`` (and
     any ``env``) point into ``root``; they are restored afterwards.
     """
-    from medseg_helpers.course_model import course_model_config, ensure_trained_model
+    from medseg_helpers.course.model import course_model_config, ensure_trained_model
 
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {"MEDSEG_DATA_DIR": str(root / "data"),

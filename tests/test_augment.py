@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.augment.
+"""Tests for medseg_helpers.transforms.augment.
 
 Run with ``pytest -W error::UserWarning tests/test_augment.py``: the recommended
 pipelines must not trigger albumentations' "argument ignored" or deprecation warnings.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers import augment as aug
+from medseg_helpers.transforms import augment as aug
 
 LABEL_SET = {0, 1, 2}
 PRESET_RANGES = [(p, r) for p in aug.PRESETS for r in ("unit", "zscore")]

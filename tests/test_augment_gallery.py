@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.augment_gallery (run with ``-W error::UserWarning`` too)."""
+"""Tests for medseg_helpers.viz.augment_gallery (run with ``-W error::UserWarning`` too)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from medseg_helpers import augment
-from medseg_helpers.augment import A
-from medseg_helpers.augment_gallery import (
+from medseg_helpers.transforms import augment
+from medseg_helpers.transforms.augment import A
+from medseg_helpers.viz.augment_gallery import (
     measure_images_per_second,
     plot_augmentation_gallery,
     split_transforms,

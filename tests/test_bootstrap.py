@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from medseg_helpers.config import repo_root
-from medseg_helpers.nbhygiene import bootstrap_source
+from medseg_helpers.course.hygiene import bootstrap_source
+from medseg_helpers.paths import repo_root
 
 ROOT = repo_root()
 NEWER_TORCH = "3.0.0"  # offered on --find-links: must never be installed by the bootstrap
@@ -110,7 +110,7 @@ def test_bootstrap_installs_the_package_and_keeps_colabs_torch(tmp_path, offline
 
     assert _version(python, "torch") == "2.99.0+fake"  # not upgraded to the 3.0.0 on offer
     where = subprocess.run(
-        [python, "-c", "import medseg_helpers.config as c; print(c.__file__)"],
+        [python, "-c", "import medseg_helpers.course.profiles as c; print(c.__file__)"],
         cwd=tmp_path, check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
     assert Path(where).is_relative_to(site)  # installed into the venv, not the checkout

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.case_cache: bad input is reported, naming the case, by both
+"""Tests for medseg_helpers.data.case_cache: bad input is reported, naming the case, by both
 the slice cache and the patch dataset, and leaves nothing behind."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from _decathlon_helpers import image_label_pair, write_decathlon
 
-from medseg_helpers.decathlon import Case, read_decathlon
-from medseg_helpers.io import GeometryMismatchError
-from medseg_helpers.patch_dataset import PatchDataset3D
-from medseg_helpers.slice_cache import build_slice_cache
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.decathlon import Case, read_decathlon
+from medseg_helpers.data.io import GeometryMismatchError
+from medseg_helpers.data.patch_dataset import PatchDataset3D
+from medseg_helpers.data.slice_cache import build_slice_cache
+from medseg_helpers.data.volume import Volume
 
 
 def _bad_case(tmp_path: Path, kind: str) -> list[Case]:

@@ -13,8 +13,9 @@ from _training_helpers import AugmentedDiscs, TinyNet, ce_loss, flat_params, mak
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medseg_helpers.callbacks import Callback
-from medseg_helpers.checkpoint import (
+from medseg_helpers.device import seed_everything
+from medseg_helpers.training.callbacks import Callback
+from medseg_helpers.training.checkpoint import (
     CheckpointMismatchError,
     capture_rng_state,
     load_checkpoint,
@@ -26,9 +27,8 @@ from medseg_helpers.checkpoint import (
     to_plain,
     unwrap_model,
 )
-from medseg_helpers.device import seed_everything
-from medseg_helpers.schedules import build_optimizer, build_scheduler
-from medseg_helpers.training import Trainer
+from medseg_helpers.training.schedules import build_optimizer, build_scheduler
+from medseg_helpers.training.trainer import Trainer
 
 
 def _trainer(run_dir: Path | None, max_epochs: int = 2, model: nn.Module | None = None,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from medseg_helpers import io
 from medseg_helpers.cli import main
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import io
+from medseg_helpers.data.volume import Volume
 
 
 def test_help_lists_the_subcommands():

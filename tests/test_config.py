@@ -3,14 +3,9 @@
 import pytest
 import torch
 
-from medseg_helpers.config import (
-    PROFILES,
-    get_data_dir,
-    get_profile_name,
-    get_run_dir,
-    profile_defaults,
-)
+from medseg_helpers.course.profiles import PROFILES, get_profile_name, profile_defaults
 from medseg_helpers.device import describe_environment, get_device, seed_everything
+from medseg_helpers.paths import get_data_dir, get_run_dir
 
 
 def test_profile_defaults_to_smoke(monkeypatch):

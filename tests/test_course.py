@@ -5,8 +5,8 @@ import json
 import nbformat
 import pytest
 
-from medseg_helpers import course
 from medseg_helpers.cli import main
+from medseg_helpers.course import profiles, runner
 
 
 def _notebook(path, *sources, parameters="PROFILE = 'smoke'"):
@@ -20,7 +20,7 @@ def _notebook(path, *sources, parameters="PROFILE = 'smoke'"):
     nbformat.write(nb, path)
 
 
-RECORD = "from medseg_helpers.course import record\nrecord({name!r}, {metrics!r})"
+RECORD = "from medseg_helpers.course.runner import record\nrecord({name!r}, {metrics!r})"
 
 
 @pytest.fixture
@@ -33,14 +33,14 @@ def notebooks(tmp_path):
 def test_record_writes_json_under_the_run_dir(tmp_path):
     import numpy as np
 
-    path = course.record("07_x", {"dice": np.float32(0.5), "n": np.int64(3)}, run_dir=tmp_path)
+    path = runner.record("07_x", {"dice": np.float32(0.5), "n": np.int64(3)}, run_dir=tmp_path)
     assert path == tmp_path / "metrics" / "07_x.json"
     assert json.loads(path.read_text(encoding="utf-8")) == {"dice": 0.5, "n": 3}
 
 
 def test_record_rejects_values_that_are_not_json():
     with pytest.raises(TypeError, match="not JSON-friendly"):
-        course.record("07_x", {"model": object()})
+        runner.record("07_x", {"model": object()})
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,8 @@ def test_record_rejects_values_that_are_not_json():
     ],
 )
 def test_thresholds(monkeypatch, metrics, expected):
-    monkeypatch.setitem(course.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
-    assert course.check_thresholds("cpu", "05_training", metrics) == expected
+    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
+    assert runner.check_thresholds("cpu", "05_training", metrics) == expected
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def test_run_course_runs_in_order_and_reports(notebooks, tmp_path):
     _notebook(notebooks / "01_b.ipynb", "raise RuntimeError('boom in 01')")
     _notebook(notebooks / "02_c.ipynb", RECORD.format(name="02_c", metrics={"y": 2.5}))
     out = tmp_path / "run"
-    results = course.run_course("smoke", out, notebook_dir=notebooks)
+    results = runner.run_course("smoke", out, notebook_dir=notebooks)
 
     assert [(r.notebook, r.status) for r in results] == [
         ("00_a", "passed"), ("01_b", "failed"), ("02_c", "passed"),
@@ -80,16 +80,16 @@ def test_run_course_runs_in_order_and_reports(notebooks, tmp_path):
 
 @pytest.mark.slow
 def test_parameters_cell_receives_the_profile(notebooks, tmp_path):
-    _notebook(notebooks / "00_a.ipynb", "from medseg_helpers.course import record\n"
+    _notebook(notebooks / "00_a.ipynb", "from medseg_helpers.course.runner import record\n"
               "record('00_a', {'profile': PROFILE})")  # fmt: skip
-    results = course.run_course("cpu", tmp_path / "run", notebook_dir=notebooks)
+    results = runner.run_course("cpu", tmp_path / "run", notebook_dir=notebooks)
     assert results[0].metrics == {"profile": "cpu"}
 
 
 @pytest.mark.slow
 def test_timeout_stops_the_notebook(notebooks, tmp_path):
     _notebook(notebooks / "00_slow.ipynb", "import time\ntime.sleep(60)")
-    [result] = course.run_course("smoke", tmp_path / "run", notebook_dir=notebooks, timeout_s=8)
+    [result] = runner.run_course("smoke", tmp_path / "run", notebook_dir=notebooks, timeout_s=8)
     assert result.status == "timeout" and result.seconds < 30
 
 
@@ -98,7 +98,7 @@ def test_cli_exits_non_zero_when_a_notebook_fails(tmp_path, monkeypatch, capsys)
     folder = tmp_path / "nbs"
     folder.mkdir()
     _notebook(folder / "00_bad.ipynb", "assert False, 'threshold not met'")
-    monkeypatch.setattr(course, "list_notebooks", lambda _=None: sorted(folder.glob("*.ipynb")))
+    monkeypatch.setattr(runner, "list_notebooks", lambda _=None: sorted(folder.glob("*.ipynb")))
     code = main(["course", "run", "--profile", "smoke", "--out", str(tmp_path / "run")])
     assert code == 1
     assert "FAILED: 00_bad" in capsys.readouterr().err
@@ -107,13 +107,13 @@ def test_cli_exits_non_zero_when_a_notebook_fails(tmp_path, monkeypatch, capsys)
 def test_unknown_notebook_selection_lists_what_exists(notebooks, tmp_path):
     _notebook(notebooks / "00_a.ipynb", "pass")
     with pytest.raises(ValueError, match="no notebook matches \\['42'\\]; available: 00_a"):
-        course.run_course("smoke", tmp_path, notebooks=["42"], notebook_dir=notebooks)
+        runner.run_course("smoke", tmp_path, notebooks=["42"], notebook_dir=notebooks)
 
 
 def test_threshold_checks_judge_each_metric(monkeypatch):
-    monkeypatch.setitem(course.THRESHOLDS, "cpu", {"05_training": {
+    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {
         "val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0), "lesion_dice": (">=", 0.5)}})
-    checks = course.threshold_checks("cpu", "05_training", {"val_dice": 0.9, "hd95_mm": 7.5})
+    checks = runner.threshold_checks("cpu", "05_training", {"val_dice": 0.9, "hd95_mm": 7.5})
     assert checks == [
         {"metric": "val_dice", "rule": ">= 0.85", "value": 0.9, "passed": True},
         {"metric": "hd95_mm", "rule": "<= 5.0", "value": 7.5, "passed": False},
@@ -130,22 +130,22 @@ PNG_1PX = bytes.fromhex(  # a valid 1x1 RGBA PNG
 
 
 def _results(monkeypatch):
-    monkeypatch.setitem(course.THRESHOLDS, "cpu", {"05_training": {
+    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {
         "best_val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0)}})
     metrics = {"best_val_dice": 0.91, "epochs": 15}
-    good = course.NotebookResult(
+    good = runner.NotebookResult(
         "05_training", "passed", 62.5, metrics,
-        course.check_thresholds("cpu", "05_training", metrics),
-        checks=course.threshold_checks("cpu", "05_training", metrics),
+        runner.check_thresholds("cpu", "05_training", metrics),
+        checks=runner.threshold_checks("cpu", "05_training", metrics),
     )  # fmt: skip
-    bad = course.NotebookResult("06_evaluation", "failed", 3.0, error="ValueError: x < 0 & y")
+    bad = runner.NotebookResult("06_evaluation", "failed", 3.0, error="ValueError: x < 0 & y")
     return [good, bad]
 
 
 def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_path, monkeypatch):
     import base64
 
-    from medseg_helpers.report import write_report
+    from medseg_helpers.course.report import write_report
 
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "05_training_curves.png").write_bytes(PNG_1PX)
@@ -178,9 +178,9 @@ def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_p
 
 
 def test_report_says_when_a_notebook_has_no_thresholds(tmp_path):
-    from medseg_helpers.report import format_summary_table, write_report
+    from medseg_helpers.course.report import format_summary_table, write_report
 
-    result = course.NotebookResult("03_unet", "passed", 1.0, {"params": 123})
+    result = runner.NotebookResult("03_unet", "passed", 1.0, {"params": 123})
     write_report([result], "smoke", tmp_path)
     assert "| 03_unet | passed | 1.0 | params=123 | none set |" in format_summary_table([result])
     assert "| params | 123 |  |  |" in (tmp_path / "report.md").read_text(encoding="utf-8")

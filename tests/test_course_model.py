@@ -10,12 +10,12 @@ import torch
 from _training_helpers import TinyNet
 from conftest import smoke_course_model
 
-from medseg_helpers.course_model import (
+from medseg_helpers.course.model import (
     course_model_config,
     ensure_trained_model,
     load_trained_model,
 )
-from medseg_helpers.inference import predict_logits, predict_probabilities
+from medseg_helpers.inferers import predict_logits, predict_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_prediction_is_on_the_source_grid_of_the_case(trained) -> None:
 
 def test_a_finished_run_with_the_same_recipe_is_reused(trained, monkeypatch) -> None:
     model, config = trained
-    import medseg_helpers.train_job as train_job
+    import medseg_helpers.training.job as train_job
 
     monkeypatch.setattr(train_job, "train_from_config", lambda c: pytest.fail("retrained"))
     again = ensure_trained_model(config.updated(progress=True), device="cpu")

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.cropping: crop to the foreground and pad, geometry kept, undone."""
+"""Tests for transforms.cropping: crop to the foreground and pad, geometry kept, undone."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from medseg_helpers import cropping
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.transforms import cropping
 
 
 def _physical(volume: Volume, index_zyx) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.datasets: SliceDataset, the naive dataset and DataLoaders.
+"""Tests for medseg_helpers.data.datasets: SliceDataset, the naive dataset and DataLoaders.
 
 Data: a module-wide synthetic MR set (4 cases of (8, 32, 32), written once, cached as
 slices), plus a tiny hand-made Decathlon folder for per-worker augmentation.
@@ -12,11 +12,11 @@ import pytest
 import torch
 from _decathlon_helpers import SHAPE, image_label_pair, write_decathlon
 
-from medseg_helpers.augment import build_2d_augmentation
-from medseg_helpers.datasets import NaiveVolumeDataset, SliceDataset, make_dataloader
-from medseg_helpers.decathlon import read_decathlon
-from medseg_helpers.slice_cache import SliceCache, build_slice_cache
-from medseg_helpers.splits import split_patients
+from medseg_helpers.data.datasets import NaiveVolumeDataset, SliceDataset, make_dataloader
+from medseg_helpers.data.decathlon import read_decathlon
+from medseg_helpers.data.slice_cache import SliceCache, build_slice_cache
+from medseg_helpers.data.splits import split_patients
+from medseg_helpers.transforms.augment import build_2d_augmentation
 
 
 @pytest.fixture(scope="module")

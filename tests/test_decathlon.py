@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.decathlon: reading a Decathlon dataset.json into cases."""
+"""Tests for medseg_helpers.data.decathlon: reading a Decathlon dataset.json into cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from _decathlon_helpers import image_label_pair, write_decathlon
 
-from medseg_helpers.decathlon import read_decathlon
+from medseg_helpers.data.decathlon import read_decathlon
 
 # --------------------------------------------------------------------------- read_decathlon
 

@@ -1,4 +1,4 @@
-"""medseg_helpers.dicom: a volume written as a DICOM series reads back unchanged."""
+"""medseg_helpers.data.dicom: a volume written as a DICOM series reads back unchanged."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_helpers import io
-from medseg_helpers.dicom import write_dicom_series
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import io
+from medseg_helpers.data.dicom import write_dicom_series
+from medseg_helpers.data.volume import Volume
 
 
 def test_series_reads_back_with_the_same_voxels_and_geometry(tmp_path: Path, ct_volume) -> None:
@@ -57,6 +57,6 @@ def test_an_evenly_spaced_series_reads_without_a_gap_warning(tmp_path: Path, ct_
     # positions are written with 10 significant digits: gaps differ by ~1e-7 mm, which ITK
     # alone would flag as "non-uniform sampling"
     odd = Volume(ct_volume.array, (13.125, 4.375, 4.375), (-139.7, -141.3, -207.123456789))
-    with caplog.at_level("WARNING", logger="medseg_helpers.io"):
+    with caplog.at_level("WARNING", logger="medseg_helpers.data.io"):
         io.read_volume(write_dicom_series(odd, tmp_path / "s"))
     assert "uneven" not in caplog.text

@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medseg_helpers.evaluation import (
+from medseg_helpers.data.io import write_volume
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.metrics.evaluation import (
     METRICS,
     evaluate_case,
     evaluate_cases,
@@ -20,10 +22,8 @@ from medseg_helpers.evaluation import (
     save_metrics_csv,
     summarise_metrics,
 )
-from medseg_helpers.io import write_volume
-from medseg_helpers.postprocess import keep_largest_component
-from medseg_helpers.surface_metrics import hausdorff_distance
-from medseg_helpers.volume import Volume
+from medseg_helpers.metrics.surface import hausdorff_distance
+from medseg_helpers.transforms.postprocess import keep_largest_component
 
 NAMES = ["background", "organ", "lesion"]
 SPACING = (4.0, 1.0, 0.5)

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from medseg_helpers.experiments import Experiment, derive_dataset
-from medseg_helpers.io import read_volume
-from medseg_helpers.label_noise import LabelNoise
-from medseg_helpers.synthetic import generate_dataset
-from medseg_helpers.train_config import TrainConfig
+from medseg_helpers.data.io import read_volume
+from medseg_helpers.data.synthetic import generate_dataset
+from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.transforms.label_noise import LabelNoise
+from medseg_helpers.tuning.experiments import Experiment, derive_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from medseg_helpers import explain
-from medseg_helpers.models import UNet
+from medseg_helpers.networks import UNet
 
 matplotlib.use("Agg")
 

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from medseg_helpers.export import (  # noqa: E402
+from medseg_helpers.deploy.export import (  # noqa: E402
     OnnxSegmenter,
     check_parity,
     export_onnx,
@@ -17,7 +17,7 @@ from medseg_helpers.export import (  # noqa: E402
     export_torchscript,
     quantize_onnx_int8,
 )
-from medseg_helpers.models.unet import UNet  # noqa: E402
+from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 # torch 2.13's own ONNX exporter uses a deprecated pytree API internally (not our code).
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")

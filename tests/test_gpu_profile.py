@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from data_download import manifest as manifest_module
-from medseg_helpers.config import profile_defaults
+from medseg_helpers.course.profiles import profile_defaults
 
 TASK = "Task04_Hippocampus"
 LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
@@ -127,8 +127,8 @@ def test_gpu_profile_trains_on_hippocampus():
 
 
 def test_gpu_profile_downloads_the_task_once(mirror, tmp_path):
-    from medseg_helpers.course_data import ensure_course_dataset
-    from medseg_helpers.decathlon import read_decathlon
+    from medseg_helpers.course.data import ensure_course_dataset
+    from medseg_helpers.data.decathlon import read_decathlon
 
     folder = ensure_course_dataset("gpu")
     assert folder == tmp_path / "data" / TASK
@@ -151,8 +151,8 @@ def one_thread():
 
 
 def test_train_from_config_on_the_downloaded_task(mirror, tmp_path, one_thread):
-    from medseg_helpers.course_model import course_model_config, ensure_trained_model
-    from medseg_helpers.train_job import train_from_config
+    from medseg_helpers.course.model import course_model_config, ensure_trained_model
+    from medseg_helpers.training.job import train_from_config
 
     config = course_model_config("smoke", dataset=TASK, max_epochs=1, progress=False,
                                  tensorboard=False, val_fraction=0.25, test_fraction=0.25)
@@ -173,7 +173,7 @@ def test_train_from_config_on_the_downloaded_task(mirror, tmp_path, one_thread):
 
 
 def test_course_run_gpu_fetches_the_task_before_any_notebook(mirror, tmp_path, monkeypatch):
-    from medseg_helpers import course
+    from medseg_helpers.course import runner
 
     folder = tmp_path / "notebooks"
     folder.mkdir()
@@ -182,31 +182,31 @@ def test_course_run_gpu_fetches_the_task_before_any_notebook(mirror, tmp_path, m
 
     def fake_run(source, out, profile, timeout_s, env):
         seen.append((profile, (Path(env["MEDSEG_DATA_DIR"]) / TASK / "dataset.json").is_file()))
-        return course.NotebookResult(source.stem, "passed", 0.1, {"num_training_cases": 8})
+        return runner.NotebookResult(source.stem, "passed", 0.1, {"num_training_cases": 8})
 
-    monkeypatch.setattr(course, "_run_notebook", fake_run)
-    monkeypatch.setattr(course, "write_course_report", lambda *args: None)
-    course.run_course("gpu", tmp_path / "run", notebook_dir=folder)
+    monkeypatch.setattr(runner, "_run_notebook", fake_run)
+    monkeypatch.setattr(runner, "write_course_report", lambda *args: None)
+    runner.run_course("gpu", tmp_path / "run", notebook_dir=folder)
     assert seen == [("gpu", True)]
     assert mirror == [f"/{TASK}.tar"]
 
 
 def test_course_run_gpu_offline_stops_with_the_downloaders_message(tmp_path, monkeypatch):
     from data_download import DownloadError
-    from medseg_helpers import course
+    from medseg_helpers.course import runner
 
     monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MEDSEG_DOWNLOAD_BASE_URL", "http://127.0.0.1:9")  # nothing listens
     monkeypatch.setattr("data_download.downloader._sleep", lambda s: None)
-    monkeypatch.setattr(course, "_run_notebook", lambda *a: pytest.fail("must not run"))
+    monkeypatch.setattr(runner, "_run_notebook", lambda *a: pytest.fail("must not run"))
     with pytest.raises(DownloadError, match=TASK):
-        course.run_course("gpu", tmp_path / "run")
+        runner.run_course("gpu", tmp_path / "run")
 
 
 def test_3d_training_with_the_gpu_patch_on_volumes_smaller_than_it(mirror, one_thread):
     """The gpu profile's 3D patch (40, 56, 40) exceeds every Hippocampus volume."""
-    from medseg_helpers.course_model import course_model_config
-    from medseg_helpers.train_job import train_from_config
+    from medseg_helpers.course.model import course_model_config
+    from medseg_helpers.training.job import train_from_config
 
     patch = profile_defaults("gpu").patch_size_3d
     config = course_model_config("smoke", dataset=TASK, spatial_dims=3, patch_size=patch,

@@ -1,4 +1,4 @@
-"""Specification of `medseg_helpers.io`: formats, geometry, and every bad input."""
+"""Specification of `medseg_helpers.data.io`: formats, geometry, and every bad input."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from medseg_helpers import io
-from medseg_helpers.io import GeometryMismatchError, VolumeReadError
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import io
+from medseg_helpers.data.io import GeometryMismatchError, VolumeReadError
+from medseg_helpers.data.volume import Volume
 
 # Geometry made of numbers that float32 stores exactly (NIfTI keeps geometry as float32),
 # with a direction that is not the identity: index x points to anterior (-y in LPS).
@@ -198,7 +198,7 @@ def test_mixed_series_must_be_chosen_by_uid(tmp_path, write_dicom_series):
 def test_missing_dicom_slice_is_logged(tmp_path, write_dicom_series, caplog):
     folder = write_dicom_series(make_ct((5, 5, 6)), tmp_path / "dicom")
     sorted(folder.iterdir())[2].unlink()
-    with caplog.at_level(logging.WARNING, logger="medseg_helpers.io"):
+    with caplog.at_level(logging.WARNING, logger="medseg_helpers.data.io"):
         io.read_dicom_series(folder)
     assert "missing slices or uneven slice spacing" in caplog.text
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medseg_helpers.label_noise import (
+from medseg_helpers.transforms.label_noise import (
     NOISE_KINDS,
     LabelNoise,
     corrupt_slices,

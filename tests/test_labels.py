@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.labels: checks, remapping, one-hot, connected components."""
+"""Tests for medseg_helpers.transforms.labels: checks, remapping, one-hot, connected components."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers import labels as lb
+from medseg_helpers.transforms import labels as lb
 
 
 @pytest.fixture

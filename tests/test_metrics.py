@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.metrics import (
+from medseg_helpers.metrics.overlap import (
     DiceAccumulator,
     compute_dice,
     confusion_matrix,

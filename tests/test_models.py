@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from medseg_helpers.losses import dice_ce_loss
-from medseg_helpers.models import (
+from medseg_helpers.networks import (
     FCN,
     DeepLabV3,
     EncoderDecoder,

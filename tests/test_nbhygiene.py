@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from medseg_helpers.cli import main
-from medseg_helpers.nbhygiene import check_notebook, strip_notebook
+from medseg_helpers.course.hygiene import check_notebook, missing_imports, strip_notebook
 
 BOOTSTRAP = "import sys\nif 'google.colab' in sys.modules:\n    pass"
 PARAMETERS = "import os\nPROFILE = os.environ.get('MEDSEG_PROFILE', 'smoke')"
@@ -106,7 +106,7 @@ def test_copy_checked_outputs_refreshes_only_checked_cells(tmp_path):
     executed.cells[3].execution_count = 3
     nbformat.write(executed, tmp_path / "executed.ipynb")
 
-    from medseg_helpers.nbhygiene import copy_checked_outputs
+    from medseg_helpers.course.hygiene import copy_checked_outputs
 
     assert copy_checked_outputs(source, tmp_path / "executed.ipynb") == 1
     cells = json.loads(source.read_text(encoding="utf-8"))["cells"]
@@ -116,7 +116,7 @@ def test_copy_checked_outputs_refreshes_only_checked_cells(tmp_path):
 
 
 def test_course_check_requires_one_bootstrap_text_in_every_notebook(tmp_path):
-    from medseg_helpers.nbhygiene import check_course
+    from medseg_helpers.course.hygiene import check_course
 
     first = tmp_path / "00_first.ipynb"
     nbformat.write(_clean_notebook(), first)
@@ -134,7 +134,7 @@ def test_course_check_requires_one_bootstrap_text_in_every_notebook(tmp_path):
 
 
 def test_course_check_reports_unstripped_outputs_once_per_notebook(tmp_path):
-    from medseg_helpers.nbhygiene import check_course
+    from medseg_helpers.course.hygiene import check_course
 
     nb = _clean_notebook()
     nb.cells[3].execution_count = 1  # checked cell: allowed
@@ -147,7 +147,7 @@ def test_course_check_reports_unstripped_outputs_once_per_notebook(tmp_path):
 
 
 def test_bootstrap_source_names_a_notebook_without_one(tmp_path):
-    from medseg_helpers.nbhygiene import bootstrap_source
+    from medseg_helpers.course.hygiene import bootstrap_source
 
     nb = _clean_notebook()
     assert bootstrap_source(_write(tmp_path, nb)) == BOOTSTRAP
@@ -157,10 +157,27 @@ def test_bootstrap_source_names_a_notebook_without_one(tmp_path):
 
 
 def test_committed_notebooks_share_the_bootstrap_of_00():
-    from medseg_helpers.course import list_notebooks
-    from medseg_helpers.nbhygiene import bootstrap_source
+    from medseg_helpers.course.hygiene import bootstrap_source
+    from medseg_helpers.course.runner import list_notebooks
 
     texts = {path.name: bootstrap_source(path) for path in list_notebooks()}
     reference = texts.pop("00_setup.ipynb")
     assert "KEEP_TORCH" in reference  # the tested text pins Colab's torch
     assert {name for name, text in texts.items() if text != reference} == set()
+
+
+def test_check_reports_imports_of_modules_and_names_that_do_not_exist():
+    source = ("from medseg_helpers.data import io\n"
+              "from medseg_helpers import viz\n"
+              "%matplotlib inline\n"
+              "from medseg_helpers.viz import show_slice\n"
+              "from medseg_helpers import course_model\n"
+              "from medseg_helpers.datasets import SliceDataset\n"
+              "import medseg_helpers.train_job\n"
+              "from medseg_helpers.data.io import no_such_reader\n")
+    assert missing_imports(source) == [
+        "imports course_model from medseg_helpers, which has no such name",
+        "imports from medseg_helpers.datasets, which does not exist",
+        "imports medseg_helpers.train_job, which does not exist",
+        "imports no_such_reader from medseg_helpers.data.io, which has no such name",
+    ]

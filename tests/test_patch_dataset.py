@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.patch_dataset: 3D patches, their sampling and their cache."""
+"""Tests for medseg_helpers.data.patch_dataset: 3D patches, their sampling and their cache."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from _decathlon_helpers import count_reads, image_label_pair, write_decathlon
 
-from medseg_helpers.datasets import make_dataloader
-from medseg_helpers.decathlon import Case, read_decathlon
-from medseg_helpers.patch_dataset import PatchDataset3D
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.datasets import make_dataloader
+from medseg_helpers.data.decathlon import Case, read_decathlon
+from medseg_helpers.data.patch_dataset import PatchDataset3D
+from medseg_helpers.data.volume import Volume
 
 
 def test_patch_items_have_documented_shapes_and_dtypes(cases):

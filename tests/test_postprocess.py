@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.postprocess import keep_largest_component, largest_component_mask
+from medseg_helpers.transforms.postprocess import keep_largest_component, largest_component_mask
 
 
 def test_hand_worked_removes_the_small_island() -> None:

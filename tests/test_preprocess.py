@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.preprocess: intensity normalisation and resampling."""
+"""Tests for medseg_helpers.transforms.preprocess: intensity normalisation and resampling."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers import io
-from medseg_helpers import preprocess as pp
-from medseg_helpers.volume import Volume
+from medseg_helpers.data import io
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.transforms import preprocess as pp
 
 CT_VALUES = np.array([-1000, -160, 0, 40, 240, 1000], dtype=np.int16)
 

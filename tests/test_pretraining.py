@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.models import UNet
-from medseg_helpers.pretraining import (
+from medseg_helpers.networks import UNet
+from medseg_helpers.training.pretraining import (
     InpaintingDataset,
     corrupt_image,
     pretrain_inpainting,

@@ -7,8 +7,7 @@ import torch
 from conftest import smoke_course_model
 from torch import nn
 
-from medseg_helpers.models.unet import UNet
-from medseg_helpers.prune import (
+from medseg_helpers.deploy.prune import (
     count_parameters,
     fine_tune,
     is_pruned,
@@ -19,6 +18,7 @@ from medseg_helpers.prune import (
     remove_pruned_channels,
     weight_sparsity,
 )
+from medseg_helpers.networks.unet import UNet
 
 
 def _unet(norm: str = "batch", seed: int = 0) -> UNet:
@@ -135,7 +135,7 @@ def trained(tmp_path_factory):
 
 
 def _loss_on(model: nn.Module, trained, batch) -> float:
-    from medseg_helpers.train_job import build_loss
+    from medseg_helpers.training.job import build_loss
 
     loss = build_loss(trained.config.loss, **trained.config.loss_kwargs)
     with torch.no_grad():

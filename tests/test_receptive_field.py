@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg_helpers.models import EncoderDecoder, SegNet, UNet
-from medseg_helpers.receptive_field import (
+from medseg_helpers.networks import EncoderDecoder, SegNet, UNet
+from medseg_helpers.networks.receptive_field import (
     Layer,
     encoder_decoder_layers,
     input_interval,

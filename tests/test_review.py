@@ -6,9 +6,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from medseg_helpers import review, viz
-from medseg_helpers.volume import Volume
-from medseg_helpers.voxel_curves import reliability_curve, roc_pr_curves, sample_voxels
+from medseg_helpers import viz
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.metrics.curves import reliability_curve, roc_pr_curves, sample_voxels
+from medseg_helpers.viz import review
 
 
 @pytest.fixture

@@ -22,15 +22,15 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 nib = pytest.importorskip("nibabel")
 
-from medseg_helpers.export import export_onnx  # noqa: E402
-from medseg_helpers.models.unet import UNet  # noqa: E402
-from medseg_helpers.serve import (  # noqa: E402
+from medseg_helpers.data.volume import Volume  # noqa: E402
+from medseg_helpers.deploy.export import export_onnx  # noqa: E402
+from medseg_helpers.deploy.serve import (  # noqa: E402
     ServiceMetrics,
     VolumeSegmenter,
     create_app,
     sniff_format,
 )
-from medseg_helpers.volume import Volume  # noqa: E402
+from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 

@@ -12,13 +12,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from medseg_helpers.export import export_onnx  # noqa: E402
-from medseg_helpers.models.unet import UNet  # noqa: E402
-from medseg_helpers.service_process import (  # noqa: E402
+from medseg_helpers.deploy.export import export_onnx  # noqa: E402
+from medseg_helpers.deploy.service_process import (  # noqa: E402
     BackgroundService,
     ServiceStartError,
     free_port,
 )
+from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.slice_cache: building, reusing and merging back the slice cache.
+"""Tests for medseg_helpers.data.slice_cache: building, reusing and merging back the slice cache.
 
 Data: a module-wide synthetic MR set (4 cases of (8, 32, 32), written once), plus tiny
 hand-made Decathlon folders for geometry and channels.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from _decathlon_helpers import count_reads, image_label_pair, write_decathlon
 
-from medseg_helpers.datasets import SliceDataset
-from medseg_helpers.decathlon import read_decathlon
-from medseg_helpers.io import read_volume, write_volume
-from medseg_helpers.slice_cache import SliceCache, build_slice_cache
+from medseg_helpers.data.datasets import SliceDataset
+from medseg_helpers.data.decathlon import read_decathlon
+from medseg_helpers.data.io import read_volume, write_volume
+from medseg_helpers.data.slice_cache import SliceCache, build_slice_cache
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.slicing: 3D -> 2D slices -> 3D with the source geometry."""
+"""Tests for medseg_helpers.data.slicing: 3D -> 2D slices -> 3D with the source geometry."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers.slicing import SliceInfo, merge_slices, slice_volume
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.slicing import SliceInfo, merge_slices, slice_volume
+from medseg_helpers.data.volume import Volume
 
 # an oblique, anisotropic geometry so that any axis mix-up changes the numbers
 DIRECTION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

@@ -1,4 +1,4 @@
-"""Tests for medseg_helpers.splits: patient-level, stratified, reproducible splits."""
+"""Tests for medseg_helpers.data.splits: patient-level, stratified, reproducible splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medseg_helpers import splits as sp
+from medseg_helpers.data import splits as sp
 
 
 def _cohort(n: int, n_positive: int, seed: int = 0) -> tuple[list[str], list[bool]]:

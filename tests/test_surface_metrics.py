@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.surface_metrics import (
+from medseg_helpers.metrics.surface import (
     average_surface_distance,
     boundary_metrics,
     hausdorff_distance,

@@ -1,4 +1,4 @@
-"""Specification of `medseg_helpers.synthetic`: deterministic, learnable, Decathlon-shaped."""
+"""Specification of `medseg_helpers.data.synthetic`: deterministic, learnable, Decathlon-shaped."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers import synthetic
-from medseg_helpers.phantom import FLAVOURS, make_phantom
-from medseg_helpers.synthetic import (
+from medseg_helpers.data import synthetic
+from medseg_helpers.data.phantom import FLAVOURS, make_phantom
+from medseg_helpers.data.synthetic import (
     default_spacing_mm,
     generate_dataset,
     make_case,
 )
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.volume import Volume
 
 SMALL = (8, 32, 32)  # (Z, Y, X): fast, still shows every structure
 MEDIUM = (12, 48, 48)
@@ -231,7 +231,7 @@ def test_dataset_json_follows_the_decathlon_schema_and_lists_existing_files(tmp_
 def test_dataset_json_records_settings_and_per_case_facts(tmp_path):
     folder = generate_dataset(tmp_path / "ds", num_cases=4, shape=SMALL, seed=2)
     extra = json.loads((folder / "dataset.json").read_text())["medseg_synthetic"]
-    # the keys medseg_helpers.course_data compares to decide whether to regenerate
+    # the keys medseg_helpers.course.data compares to decide whether to regenerate
     assert {k: extra[k] for k in ("flavour", "num_cases", "shape", "seed")} == {
         "flavour": "mr",
         "num_cases": 4,
@@ -318,7 +318,7 @@ def test_refuses_to_overwrite_another_datasets_folder(tmp_path):
     folder = tmp_path / "Task04_Hippocampus"
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({"name": "Hippocampus"}))
-    with pytest.raises(FileExistsError, match="not written by medseg_helpers.synthetic"):
+    with pytest.raises(FileExistsError, match="not written by medseg_helpers.data.synthetic"):
         generate_dataset(folder, num_cases=1, shape=SMALL)
     assert json.loads((folder / "dataset.json").read_text()) == {"name": "Hippocampus"}
 

@@ -15,11 +15,12 @@ import torch
 from _training_helpers import DiscDataset, TinyNet, ce_loss, flat_params, make_loaders
 from torch.utils.data import DataLoader
 
-from medseg_helpers.callbacks import Callback
-from medseg_helpers.checkpoint import load_checkpoint
-from medseg_helpers.data_checks import check_labels
-from medseg_helpers.history import plot_history
-from medseg_helpers.schedules import (
+from medseg_helpers.training.callbacks import Callback
+from medseg_helpers.training.checkpoint import load_checkpoint
+from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.training.data_checks import check_labels
+from medseg_helpers.training.history import plot_history
+from medseg_helpers.training.schedules import (
     build_optimizer,
     build_scheduler,
     cosine_warmup_factor,
@@ -28,8 +29,7 @@ from medseg_helpers.schedules import (
     poly_factor,
     step_factor,
 )
-from medseg_helpers.train_config import TrainConfig
-from medseg_helpers.training import Trainer, TrainingDivergedError, epoch_seed
+from medseg_helpers.training.trainer import Trainer, TrainingDivergedError, epoch_seed
 
 HELPERS = Path(__file__).with_name("_training_helpers.py")
 
@@ -78,7 +78,7 @@ def test_3d_validation_uses_sliding_window_when_volumes_exceed_the_roi(
 
 
 def test_slice_by_slice_inferer_scores_a_2d_model_on_volumes() -> None:
-    from medseg_helpers.inference import SliceBySliceInferer
+    from medseg_helpers.inferers import SliceBySliceInferer
 
     model, volume = TinyNet(num_classes=3).eval(), torch.randn(2, 1, 5, 12, 12)
     with torch.no_grad():
@@ -289,7 +289,7 @@ def test_config_rejects_mistakes(overrides: dict, match: str) -> None:
 @pytest.mark.slow
 def test_train_from_config_runs_the_smoke_profile_end_to_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from medseg_helpers.train_job import train_from_config
+    from medseg_helpers.training.job import train_from_config
 
     monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path / "data"))
     config = TrainConfig.from_profile("smoke", run_dir=str(tmp_path / "run"), max_epochs=1,

@@ -20,9 +20,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from medseg_helpers import crossval, tuning
-from medseg_helpers.callbacks import Callback
-from medseg_helpers.train_config import TrainConfig
+from medseg_helpers import tuning
+from medseg_helpers.training.callbacks import Callback
+from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.tuning import crossval
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

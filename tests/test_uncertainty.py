@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from medseg_helpers import uncertainty as unc
-from medseg_helpers.models import UNet
+from medseg_helpers.explain import uncertainty as unc
+from medseg_helpers.networks import UNet
 
 
 # ------------------------------------------------------------------------- entropy and MI

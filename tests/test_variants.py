@@ -12,14 +12,14 @@ pytest.importorskip("onnxscript")
 from conftest import smoke_course_model
 
 from medseg_helpers.cli import main  # noqa: E402
-from medseg_helpers.metrics import compute_dice  # noqa: E402
-from medseg_helpers.prune import make_permanent, prune_channels, remove_pruned_channels  # noqa: E402
-from medseg_helpers.variants import (  # noqa: E402
+from medseg_helpers.deploy.prune import make_permanent, prune_channels, remove_pruned_channels  # noqa: E402
+from medseg_helpers.deploy.variants import (  # noqa: E402
     calibration_images,
     example_input,
     export_trained_model,
     variant_table,
 )
+from medseg_helpers.metrics.overlap import compute_dice  # noqa: E402
 
 FORMATS = {"onnx": "m.onnx", "torchscript": "m.pt", "program": "m.pt2", "int8": "m_int8.onnx"}
 

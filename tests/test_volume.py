@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers.volume import Volume
+from medseg_helpers.data.volume import Volume
 
 
 def _rotation(seed: int = 0) -> np.ndarray:

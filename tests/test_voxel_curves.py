@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg_helpers.voxel_curves import (
+from medseg_helpers.metrics.curves import (
     concatenate_samples,
     reliability_curve,
     roc_pr_curves,

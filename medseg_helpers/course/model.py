@@ -1,0 +1,265 @@
+"""The course's trained model: trained once by notebook 05, reused by notebooks 06-10.
+
+`course_model_config` is the one recipe (a `TrainConfig`) for a profile;
+`ensure_trained_model` loads the model that recipe produced under the run directory or,
+when a notebook runs standalone, trains it first. `TrainedModel` bundles the network with
+what evaluation needs: its config, class names, the saved patient split and a `predict`
+that returns a label map on the **source** image grid (so metrics use the scan's real
+spacing in mm)::
+
+    trained = ensure_trained_model(course_model_config("cpu"))
+    for patient_id in trained.split.test:
+        pred = trained.predict(patient_id)             # Volume (Z, Y, X), uint8
+        truth = trained.read_label(patient_id)         # Volume, same grid
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg_helpers.course.profiles import (
+    COURSE_MODEL_COMMON,
+    COURSE_MODEL_RECIPES,
+    profile_defaults,
+)
+from medseg_helpers.data.splits import PatientSplit, load_splits
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.device import get_device
+from medseg_helpers.inferers import predict_logits
+from medseg_helpers.training.checkpoint import load_checkpoint, load_model_weights
+from medseg_helpers.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainedModel", "course_model_config", "ensure_trained_model", "load_trained_model"]
+
+#: Fields that change how a run is shown or where it runs, not what it learns.
+_VOLATILE = ("progress", "tensorboard", "resume", "device", "num_workers", "run_dir", "data_dir")
+
+
+
+
+def course_model_config(profile: str | None = None, *,
+                        run_root: str | os.PathLike | None = None,
+                        **overrides: Any) -> TrainConfig:
+    """The recipe of the course's main model for ``profile`` (a 2D U-Net with Dice+CE).
+
+    The profile's defaults (`TrainConfig.from_profile`), then the course's choices for
+    that profile (`course.profiles.COURSE_MODEL_COMMON` and `COURSE_MODEL_RECIPES`: loss,
+    depth, learning rate, warm-up...), then
+    ``overrides``. Notebook 05 trains it; later notebooks reuse it through
+    `ensure_trained_model`.
+
+    Args:
+        profile: ``smoke`` | ``cpu`` | ``gpu``; None: ``$MEDSEG_PROFILE``.
+        run_root: the folder that holds the course's runs (a notebook's ``RUN_DIR``); the
+            run itself is ``<run_root>/train-<profile>-<model>-<dims>d``. None:
+            ``$MEDSEG_RUN_DIR``. An explicit ``run_dir=`` override wins.
+        **overrides: `TrainConfig` fields (``model_kwargs`` are merged, not replaced).
+    """
+    from medseg_helpers.training.job import default_run_dir
+
+    name = profile_defaults(profile).name
+    recipe = copy.deepcopy({**COURSE_MODEL_COMMON, **COURSE_MODEL_RECIPES[name]})
+    ours = recipe.pop("model_kwargs") if overrides.get("model", "unet") == "unet" else {}
+    model_kwargs = {**ours, **overrides.pop("model_kwargs", {})}
+    config = TrainConfig.from_profile(name, **{**recipe, **overrides,
+                                               "model_kwargs": model_kwargs})
+    if run_root is not None and not config.run_dir:
+        config = config.updated(run_dir=str(Path(run_root) / default_run_dir(config).name))
+    return config
+
+
+@dataclass
+class TrainedModel:
+    """A trained network (in eval mode) and what is needed to evaluate it.
+
+    Attributes:
+        model: the network, on ``device``, in ``eval()`` mode.
+        config: the `TrainConfig` it was trained with.
+        run_dir: its run directory (``config.yaml``, ``splits.json``, ``checkpoints/``...).
+        dataset_dir: the Decathlon-layout folder it was trained on.
+        split: train/val/test patient ids; ``test`` was never used in training.
+        class_names: all class names in label order, background first.
+        metrics: the run's ``metrics.json`` (``best_val_dice``...).
+        device: where ``model`` runs.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    run_dir: Path
+    dataset_dir: Path
+    split: PatientSplit
+    class_names: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background."""
+        return len(self.class_names)
+
+    @cached_property
+    def cache(self) -> Any:
+        """The `slice_cache.SliceCache` holding the preprocessed (z-scored) images."""
+        from medseg_helpers.training.job import open_slice_cache
+
+        return open_slice_cache(self.dataset_dir)
+
+    @cached_property
+    def cases(self) -> dict[str, Any]:
+        """``{patient_id: decathlon.Case}`` with the source image and label paths."""
+        from medseg_helpers.data.decathlon import read_decathlon
+
+        return {case.patient_id: case for case in read_decathlon(self.dataset_dir)}
+
+    def preprocessed(self, patient_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's view of a case: image ``(C, D, H, W)`` float32 (z-scored, padded
+        to the cache's slice shape) and label ``(D, H, W)`` int64."""
+        case = self.cache.cases[patient_id]
+        image = np.array(self.cache.images[case.start:case.stop])  # (D, C, H, W)
+        label = np.array(self.cache.labels[case.start:case.stop])  # (D, H, W)
+        return torch.from_numpy(image).transpose(0, 1).contiguous(), torch.from_numpy(label).long()
+
+    def predict_logits(self, patient_id: str) -> torch.Tensor:
+        """Logits ``(K, D, H, W)`` on the preprocessed grid (see `preprocessed`)."""
+        image, _ = self.preprocessed(patient_id)
+        roi = self.config.sw_roi_size or self.config.patch_size
+        return predict_logits(self.model, image, self.config.spatial_dims, roi_size=roi,
+                              batch_size=2 * self.config.batch_size, device=self.device)
+
+    def to_source_grid(self, patient_id: str, array: np.ndarray | torch.Tensor) -> Volume:
+        """Map a preprocessed-grid array back onto the source scan's grid.
+
+        Args:
+            array: ``(D, H, W)`` labels (nearest) or ``(K, D, H, W)`` probabilities (linear).
+        """
+        array = np.asarray(array)
+        slices = array if array.ndim == 3 else np.moveaxis(array, 0, 1)  # (D, K, H, W)
+        return self.cache.merge_case(patient_id, slices)
+
+    def predict(self, patient_id: str, probabilities: bool = False) -> Volume:
+        """The model's segmentation of one case on the source grid.
+
+        Returns:
+            a `Volume` with the source geometry: ``(Z, Y, X)`` uint8 labels, or with
+            ``probabilities=True`` ``(K, Z, Y, X)`` float32 softmax probabilities.
+        """
+        logits = self.predict_logits(patient_id)
+        if probabilities:
+            return self.to_source_grid(patient_id, torch.softmax(logits, 0).numpy())
+        return self.to_source_grid(patient_id, logits.argmax(0).numpy().astype(np.uint8))
+
+    def read_image(self, patient_id: str) -> Volume:
+        """The source image, as stored (not normalised)."""
+        from medseg_helpers.data.io import read_volume
+
+        return read_volume(self.cases[patient_id].image_path)
+
+    def read_label(self, patient_id: str) -> Volume:
+        """The source ground-truth label map."""
+        from medseg_helpers.data.io import read_volume
+
+        return read_volume(self.cases[patient_id].label_path)
+
+
+def _comparable(config: TrainConfig | dict) -> dict[str, Any]:
+    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return {k: v for k, v in values.items() if k not in _VOLATILE}
+
+
+def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
+                       device: torch.device | str | None = None) -> TrainedModel:
+    """Load the model a `train_from_config` run wrote to ``run_dir``.
+
+    Args:
+        run_dir: the run directory (holds ``config.yaml`` and ``checkpoints/``).
+        which: ``"best"`` (highest validation Dice) or ``"last"``; falls back to the other
+            when the requested file is missing.
+        device: where to put the model; None: `get_device`.
+
+    Raises:
+        FileNotFoundError: no config or checkpoint in ``run_dir`` (train first).
+        CheckpointMismatchError: the checkpoint does not fit the configured model.
+    """
+    from medseg_helpers.networks import build_model
+    from medseg_helpers.training.job import _dataset_dir, _read_labels
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: train a model there first "
+                                "(notebook 05, or medseg train)")
+    config = TrainConfig.from_yaml(config_path)
+    names = ["best.pt", "last.pt"] if which == "best" else ["last.pt", "best.pt"]
+    found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
+    if not found:
+        raise FileNotFoundError(f"{run_dir}/checkpoints holds neither best.pt nor last.pt")
+    dataset_dir = _dataset_dir(config)
+    class_names = _read_labels(dataset_dir)
+    device = torch.device(device) if device is not None else get_device()
+    model = build_model(config.model, config.spatial_dims, config.in_channels, len(class_names),
+                        **config.model_kwargs)
+    load_model_weights(model, load_checkpoint(found[0]))
+    split_file = run_dir / "splits.json"
+    if split_file.is_file():
+        split = load_splits(split_file)[0]
+    else:  # a run copied without splits.json: the split is a pure function of the config
+        from medseg_helpers.training.job import open_slice_cache, patient_split
+
+        split = patient_split(config, open_slice_cache(dataset_dir), len(class_names))
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    return TrainedModel(model.to(device).eval(), config, run_dir, dataset_dir, split,
+                        class_names, metrics, device)
+
+
+def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = False,
+                         device: torch.device | str | None = None,
+                         init_weights: Mapping[str, torch.Tensor] | None = None
+                         ) -> TrainedModel:
+    """The model for ``config``: loaded if a finished run with the same recipe exists,
+    otherwise trained now (which takes the profile's training time).
+
+    Args:
+        config: the recipe; None: `course_model_config` of ``$MEDSEG_PROFILE``.
+        retrain: train even when a matching finished run exists.
+        device: where to put the loaded model.
+        init_weights: a state dict to start from when it has to train (fine-tuning, see
+            `train_job.train_from_config`). It is not part of the recipe that decides
+            reuse, so give a fine-tuned run a ``run_dir`` of its own.
+    """
+    from medseg_helpers.training.job import default_run_dir, train_from_config
+
+    config = config or course_model_config()
+    run_dir = default_run_dir(config)
+    if not retrain and _finished_with(run_dir, config):
+        logger.info("reusing the model trained in %s", run_dir)
+    else:
+        logger.info("training %s (no finished run with this recipe in %s)", config.model, run_dir)
+        train_from_config(config.updated(resume=False), init_weights=init_weights)
+    return load_trained_model(run_dir, device=device)
+
+
+def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds a completed run of the same recipe."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        saved = TrainConfig.from_yaml(run_dir / "config.yaml")
+    except (OSError, ValueError):
+        return False
+    return (metrics.get("status") in ("completed", "early_stopped")
+            and (run_dir / "checkpoints" / "best.pt").is_file()
+            and _comparable(saved) == _comparable(config))

@@ -1,0 +1,426 @@
+"""A hardened HTTP inference service for an exported (ONNX) segmentation model.
+
+Endpoints of the app built by `create_app`:
+
+* ``POST /v1/segment`` - multipart form with one file field (any name) holding a NIfTI-1
+  volume (``.nii`` or ``.nii.gz``; recognised by content: gzip magic ``1f 8b``, then the
+  NIfTI header size 348 and magic ``n+1`` at byte 344, never by file name) or a zip of one
+  DICOM series (magic ``PK``). The body is counted while it streams in: more than
+  ``max_upload_bytes`` gives 413 before the rest is stored. The volume must be 3D, at most
+  ``max_voxels`` voxels, real and finite. It is z-score normalised, segmented by ONNX
+  Runtime (slice-wise for a 2D model, whole volume or sliding window for a 3D one) and the
+  mask is returned as ``.nii.gz`` bytes (``application/gzip``) with the input's affine and
+  header, plus the summary in header ``X-Medseg-Summary`` (compact JSON). With
+  ``?format=json`` the reply is JSON ``{"summary": ..., "mask_nii_gz_base64": ...}``.
+  The summary holds ``shape_xyz``, ``voxel_volume_ml`` and ``volumes_ml`` / ``voxels`` per
+  class (keys are class indices as strings).
+* ``GET /health`` - ``{"status": "ok", ...}``.
+* ``GET /metrics`` - Prometheus text format: requests by path and status, a latency
+  histogram of ``/v1/segment``, and the mean and standard deviation of each input's raw
+  intensities (summaries with ``_sum``/``_count`` plus the last value) for drift monitoring.
+
+Errors are JSON ``{"detail": "..."}``: 413 too large, 415 not a NIfTI/zip, 422 content
+(wrong dimensionality, too many voxels, NaN/Inf, unreadable), 503 when every inference slot
+stayed busy for ``queue_timeout_s``. Nothing uploaded is unpickled: the model is ONNX,
+uploads are parsed as NIfTI/DICOM only. Inference runs in the thread pool, at most
+``max_concurrency`` at a time.
+
+The module has no ``from __future__ import annotations``: FastAPI resolves the endpoint
+annotations (``Request``), which are imported inside `create_app`.
+"""
+
+import base64
+import gzip
+import io
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg_helpers.deploy.export import OnnxSegmenter
+from medseg_helpers.transforms.preprocess import normalise_zscore
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_KNOWN_PATHS = ("/v1/segment", "/health", "/metrics")
+_MAX_ZIP_MEMBERS = 4096
+_DRAIN_BYTES = 8 * 2**20  # read (and drop) this much past the limit so clients see the 413
+
+
+class ServiceError(Exception):
+    """An error with the HTTP status the service answers with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class ServiceMetrics:
+    """Thread-safe counters rendered in the Prometheus text exposition format."""
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
+        self._lock = threading.Lock()
+        self.buckets = tuple(buckets)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.bucket_counts = [0] * len(self.buckets)
+        self.latency_sum, self.latency_count = 0.0, 0
+        self.intensity = {"mean": [0.0, 0, 0.0], "std": [0.0, 0, 0.0]}  # sum, count, last
+
+    def observe_request(self, path: str, status: int) -> None:
+        path = path if path in _KNOWN_PATHS else "other"
+        with self._lock:
+            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+
+    def observe_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latency_sum += seconds
+            self.latency_count += 1
+            for i, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    self.bucket_counts[i] += 1
+
+    def observe_intensity(self, mean: float, std: float) -> None:
+        with self._lock:
+            for name, value in (("mean", mean), ("std", std)):
+                entry = self.intensity[name]
+                entry[0] += value
+                entry[1] += 1
+                entry[2] = value
+
+    def render(self) -> str:
+        """The metrics as Prometheus text (version 0.0.4)."""
+        with self._lock:
+            lines = ["# HELP medseg_requests_total HTTP requests by path and status.",
+                     "# TYPE medseg_requests_total counter"]
+            for (path, status), count in sorted(self.requests.items()):
+                lines.append(f'medseg_requests_total{{path="{path}",status="{status}"}} {count}')
+            lines += ["# HELP medseg_segment_latency_seconds /v1/segment answer time (any status).",
+                      "# TYPE medseg_segment_latency_seconds histogram"]
+            for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
+                lines.append(f'medseg_segment_latency_seconds_bucket{{le="{bound}"}} {count}')
+            lines += [f'medseg_segment_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                      f"medseg_segment_latency_seconds_sum {self.latency_sum}",
+                      f"medseg_segment_latency_seconds_count {self.latency_count}"]
+            for name, (total, count, last) in self.intensity.items():
+                metric = f"medseg_input_intensity_{name}"
+                lines += [f"# HELP {metric} Per-request {name} of raw input intensities.",
+                          f"# TYPE {metric} summary", f"{metric}_sum {total}",
+                          f"{metric}_count {count}",
+                          f"# TYPE {metric}_last gauge", f"{metric}_last {last}"]
+        return "\n".join(lines) + "\n"
+
+
+def _gunzip_limited(data: bytes, limit: int) -> bytes:
+    """Decompress gzip ``data``; 422 when it is corrupt or expands past ``limit`` bytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as err:
+        raise ServiceError(422, f"corrupt gzip stream: {err}") from err
+    if len(out) > limit:
+        raise ServiceError(422, f"decompressed upload exceeds {limit} bytes "
+                                "(max_voxels times 8 bytes plus the header)")
+    return out
+
+
+def sniff_format(data: bytes) -> str:
+    """``"nifti"``, ``"nifti_gz"`` or ``"zip"`` from the first bytes; 415 otherwise."""
+    if data[:2] == b"\x1f\x8b":
+        return "nifti_gz"
+    if data[:4] == b"PK\x03\x04":
+        return "zip"
+    if _is_nifti1(data):
+        return "nifti"
+    raise ServiceError(415, "upload is not a NIfTI-1 file (.nii/.nii.gz) or a zip of DICOM files "
+                            "(checked by content: header size 348 and magic 'n+1' at byte 344)")
+
+
+def _is_nifti1(data: bytes) -> bool:
+    if len(data) < 352 or data[344:348] != b"n+1\x00":
+        return False
+    return 348 in (struct.unpack("<i", data[:4])[0], struct.unpack(">i", data[:4])[0])
+
+
+def _check_shape(shape: tuple[int, ...], max_voxels: int) -> None:
+    if len(shape) != 3:
+        raise ServiceError(422, f"expected a 3D volume (X, Y, Z); got shape {shape}")
+    if int(np.prod(shape)) > max_voxels:
+        raise ServiceError(422, f"volume {shape} has {int(np.prod(shape))} voxels; "
+                                f"the limit is {max_voxels}")
+
+
+def _check_values(array: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ServiceError(422, f"voxel type {array.dtype} is not a real scalar")
+    array = array.astype(np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise ServiceError(422, f"volume has {bad} NaN/Inf voxels")
+    return array
+
+
+def _parse_nifti(data: bytes, max_voxels: int) -> tuple[np.ndarray, Any]:
+    """``(array (X, Y, Z) float32, nibabel image)``; 415/422 on bad content."""
+    import nibabel as nib
+
+    if data[:2] == b"\x1f\x8b":
+        data = _gunzip_limited(data, max_voxels * 8 + 2**20)
+    if not _is_nifti1(data):
+        raise ServiceError(415, "content is not a single-file NIfTI-1 image (magic 'n+1')")
+    try:
+        image = nib.Nifti1Image.from_bytes(data)
+        _check_shape(tuple(image.header.get_data_shape()), max_voxels)
+        array = np.asarray(image.dataobj)
+    except ServiceError:
+        raise
+    except Exception as err:  # nibabel raises several types for truncated/corrupt data
+        raise ServiceError(422, f"cannot read NIfTI: {err}") from err
+    return _check_values(array), image
+
+
+def _parse_dicom_zip(data: bytes, max_bytes: int, max_voxels: int) -> tuple[np.ndarray, Any]:
+    """Unzip one DICOM series safely (size, count, flat names) and read it."""
+    import nibabel as nib
+
+    from medseg_helpers.data.io import read_dicom_series
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except zipfile.BadZipFile as err:
+        raise ServiceError(422, f"corrupt zip: {err}") from err
+    if not members or len(members) > _MAX_ZIP_MEMBERS:
+        raise ServiceError(422, f"zip must hold 1..{_MAX_ZIP_MEMBERS} files; has {len(members)}")
+    if sum(m.file_size for m in members) > max_bytes:
+        raise ServiceError(422, f"zip expands past {max_bytes} bytes")
+    with tempfile.TemporaryDirectory(prefix="medseg-dicom-") as folder:
+        for index, member in enumerate(members):
+            # Flat, generated names: no path from the archive ever reaches the file system.
+            with archive.open(member) as src:
+                payload = src.read(member.file_size + 1)
+            if len(payload) > member.file_size:
+                raise ServiceError(422, "zip member larger than its declared size")
+            Path(folder, f"{index:05d}.dcm").write_bytes(payload)
+        try:
+            volume = read_dicom_series(folder)
+        except (ValueError, OSError) as err:
+            raise ServiceError(422, f"cannot read DICOM series: {err}") from err
+    if volume.array.ndim != 3:
+        raise ServiceError(422, f"expected a 3D series; got shape {volume.array.shape}")
+    array_xyz = np.transpose(volume.array, (2, 1, 0))
+    _check_shape(array_xyz.shape, max_voxels)
+    return _check_values(array_xyz), nib.Nifti1Image(array_xyz, volume.affine_ras)
+
+
+def _mask_to_nifti_gz(pred_xyz: np.ndarray, image: Any) -> bytes:
+    import nibabel as nib
+
+    header = image.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    mask = nib.Nifti1Image(pred_xyz.astype(np.uint8), image.affine, header)
+    return gzip.compress(mask.to_bytes(), compresslevel=6, mtime=0)
+
+
+class VolumeSegmenter:
+    """Normalise and segment one ``(X, Y, Z)`` volume with an ONNX model.
+
+    Args:
+        model_path: ``.onnx`` from `medseg_helpers.deploy.export.export_onnx`, single channel input.
+        num_classes: classes including background (the model's output channels).
+        patch_size: training patch; larger inputs use sliding-window inference. ``(H, W)``
+            for a 2D model, ``(D, H, W)`` for 3D; ``None`` runs whole slices/volumes.
+        slice_batch: slices per ONNX Runtime call for a 2D model.
+        num_threads: ONNX Runtime intra-op threads per call.
+    """
+
+    def __init__(self, model_path: PathLike, *, num_classes: int,
+                 patch_size: Sequence[int] | None = None, slice_batch: int = 16,
+                 num_threads: int | None = None) -> None:
+        self.onnx = OnnxSegmenter(model_path, num_threads=num_threads)
+        meta = self.onnx.session.get_modelmeta().custom_metadata_map
+        rank = len(self.onnx.session.get_inputs()[0].shape)
+        self.spatial_dims = int(meta.get("medseg.spatial_dims", rank - 2))
+        out_channels = self.onnx.session.get_outputs()[0].shape[1]
+        if isinstance(out_channels, int) and out_channels != num_classes:
+            raise ValueError(f"model has {out_channels} output channels; num_classes={num_classes}")
+        if patch_size is not None and len(patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size {tuple(patch_size)} must have {self.spatial_dims} "
+                             "entries for this model")
+        self.num_classes, self.slice_batch = num_classes, slice_batch
+        self.patch_size = None if patch_size is None else tuple(patch_size)
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        spatial = batch.shape[2:]
+        if self.patch_size and any(s > p for s, p in zip(spatial, self.patch_size, strict=True)):
+            return self.onnx.sliding_window(batch, self.patch_size)
+        return self.onnx.predict_logits(batch)
+
+    def segment(self, image_xyz: np.ndarray) -> np.ndarray:
+        """``pred (X, Y, Z)`` uint8 in ``[0, num_classes)`` for a raw ``(X, Y, Z)`` image."""
+        zyx = normalise_zscore(np.transpose(image_xyz, (2, 1, 0)))
+        if self.spatial_dims == 3:
+            pred = self._logits(zyx[None, None]).argmax(1)[0]
+        else:
+            slices = [self._logits(zyx[start:start + self.slice_batch, None]).argmax(1)
+                      for start in range(0, zyx.shape[0], self.slice_batch)]
+            pred = np.concatenate(slices, axis=0)
+        return np.transpose(pred.astype(np.uint8), (2, 1, 0))
+
+
+def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int = 64 * 2**20,
+               max_voxels: int = 256**3, patch_size: Sequence[int] | None = None,
+               max_concurrency: int = 2, queue_timeout_s: float = 30.0,
+               num_threads: int | None = None, class_names: Sequence[str] | None = None):
+    """Build the FastAPI app serving ``model_path`` (see the module docstring for the API).
+
+    Args:
+        model_path: ONNX model (never a pickle).
+        num_classes: classes including background.
+        max_upload_bytes: largest accepted request body (413 beyond, counted while streaming).
+        max_voxels: largest accepted volume (422 beyond), checked from the header before the
+            voxels are decoded; gzip bodies may expand to at most 8 bytes per voxel.
+        patch_size: see `VolumeSegmenter`.
+        max_concurrency: inferences running at once (bounded semaphore; the rest wait).
+        queue_timeout_s: a request waiting longer for a slot gets 503.
+        num_threads: ONNX Runtime threads per inference.
+        class_names: optional names reported in ``/health``.
+
+    Returns:
+        A ``fastapi.FastAPI`` application (run it with uvicorn, see `run_server`).
+    """
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    segmenter = VolumeSegmenter(model_path, num_classes=num_classes, patch_size=patch_size,
+                                num_threads=num_threads)
+    metrics = ServiceMetrics()
+    slots = threading.BoundedSemaphore(max_concurrency)
+    app = FastAPI(title="medseg segmentation service", version="1")
+    app.state.metrics, app.state.segmenter = metrics, segmenter
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        metrics.observe_request(request.url.path, response.status_code)
+        if request.url.path == "/v1/segment":
+            metrics.observe_latency(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, err: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+    async def read_body_limited(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        over = declared is not None and declared.isdigit() and int(declared) > max_upload_bytes
+        body, drained = bytearray(), 0
+        async for chunk in request.stream():
+            if not over and len(body) + len(chunk) <= max_upload_bytes:
+                body.extend(chunk)
+                continue
+            over, drained = True, drained + len(chunk)
+            if drained > _DRAIN_BYTES:
+                break
+        if over:
+            raise ServiceError(413, f"upload larger than {max_upload_bytes} bytes")
+        return bytes(body)
+
+    async def extract_upload(request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ServiceError(415, "send the volume as multipart/form-data with one file field")
+        body = await read_body_limited(request)
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+        except Exception as err:  # malformed multipart
+            raise ServiceError(422, f"malformed multipart body: {err}") from err
+        uploads = [value for _, value in form.multi_items() if hasattr(value, "read")]
+        if len(uploads) != 1:
+            raise ServiceError(422, f"expected exactly one uploaded file; got {len(uploads)}")
+        return await uploads[0].read()
+
+    def process(data: bytes) -> tuple[bytes, dict[str, Any]]:
+        kind = sniff_format(data)
+        if kind == "zip":
+            array, image = _parse_dicom_zip(data, max_voxels * 8 + 2**24, max_voxels)
+        else:
+            array, image = _parse_nifti(data, max_voxels)
+        metrics.observe_intensity(float(array.mean(dtype=np.float64)),
+                                  float(array.std(dtype=np.float64)))
+        if not slots.acquire(timeout=queue_timeout_s):
+            raise ServiceError(503, "all inference slots busy; retry later")
+        try:
+            pred = segmenter.segment(array)
+        finally:
+            slots.release()
+        zooms = [float(z) for z in image.header.get_zooms()[:3]]
+        voxel_ml = float(np.prod(zooms)) / 1000.0
+        counts = np.bincount(pred.ravel(), minlength=num_classes)
+        summary = {"shape_xyz": list(pred.shape), "spacing_xyz_mm": zooms,
+                   "voxel_volume_ml": voxel_ml,
+                   "voxels": {str(k): int(c) for k, c in enumerate(counts)},
+                   "volumes_ml": {str(k): float(c) * voxel_ml for k, c in enumerate(counts)}}
+        return _mask_to_nifti_gz(pred, image), summary
+
+    @app.post("/v1/segment")
+    async def segment(request: Request,
+                      format_: str = Query("nifti", alias="format")) -> Response:
+        if format_ not in ("nifti", "json"):
+            raise ServiceError(422, f"format must be 'nifti' or 'json'; got {format_!r}")
+        start = time.perf_counter()
+        data = await extract_upload(request)
+        mask_bytes, summary = await run_in_threadpool(process, data)
+        summary["latency_s"] = round(time.perf_counter() - start, 4)
+        if format_ == "json":
+            return JSONResponse({"summary": summary,
+                                 "mask_nii_gz_base64": base64.b64encode(mask_bytes).decode()})
+        return Response(mask_bytes, media_type="application/gzip",
+                        headers={"X-Medseg-Summary": json.dumps(summary, separators=(",", ":")),
+                                 "Content-Disposition": 'attachment; filename="mask.nii.gz"'})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": Path(model_path).name, "num_classes": num_classes,
+                "spatial_dims": segmenter.spatial_dims,
+                "class_names": list(class_names) if class_names else None}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def run_server(model_path: PathLike, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "info", **kw: Any) -> None:
+    """Serve ``model_path`` with uvicorn until interrupted (blocks).
+
+    Args:
+        model_path, **kw: passed to `create_app` (``num_classes`` is required).
+        host: interface; keep ``127.0.0.1`` unless behind a proxy (``0.0.0.0`` in Docker).
+        port: TCP port.
+        log_level: uvicorn log level.
+    """
+    import uvicorn
+
+    uvicorn.run(create_app(model_path, **kw), host=host, port=port, log_level=log_level)

@@ -1,0 +1,224 @@
+"""One training configuration for notebook, CLI and papermill alike: `TrainConfig`.
+
+A config starts from a profile (`TrainConfig.from_profile`), which picks epochs, batch
+size, model width, 3D patch size and dataset; any field can be overridden by keyword (a
+papermill parameter, a CLI flag) and the result round-trips through YAML::
+
+    config = TrainConfig.from_profile("cpu", spatial_dims=3, lr=3e-4)
+    config.to_yaml("run.yaml")                   # medseg train --config run.yaml
+    assert TrainConfig.from_yaml("run.yaml") == config
+
+Unknown keys are errors (with the closest valid name), so a misspelt override never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from medseg_helpers.course.profiles import profile_defaults
+from medseg_helpers.fileutil import write_text_atomic
+from medseg_helpers.training.schedules import OPTIMIZERS, SCHEDULERS
+
+__all__ = ["TrainConfig"]
+
+_TUPLE_FIELDS = ("patch_size", "sw_roi_size")
+_COMMON_MISTAKES = {"learning_rate": "lr", "epochs": "max_epochs", "optimiser": "optimizer",
+                    "num_classes": "out_channels", "clip": "grad_clip_norm"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything `medseg_helpers.training.job.train_from_config` needs to run one training.
+
+    Attributes:
+        model: name for `medseg_helpers.networks.build_model` (``"unet"``, ``"monai_unet"``...).
+        model_kwargs: constructor overrides, e.g. ``{"base_channels": 16}``.
+        spatial_dims: 2 (slices, ``(B, C, H, W)``) or 3 (patches, ``(B, C, D, H, W)``).
+        in_channels: image channels.
+        out_channels: classes including background; None: from the dataset's labels.
+        loss: loss name (``"dice_ce"``, ``"dice"``, ``"ce"``, ``"focal"``, ``"tversky"``).
+        loss_kwargs: keyword arguments for the loss.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        lr: base learning rate.
+        weight_decay: weight decay (decoupled for AdamW).
+        momentum: SGD momentum. nesterov: SGD Nesterov momentum.
+        scheduler: ``"constant"``, ``"cosine"``, ``"step"``, ``"poly"`` or ``"plateau"``.
+        warmup_epochs: linear warm-up (cosine), in epochs.
+        scheduler_kwargs: more `schedules.build_scheduler` arguments (lengths in steps).
+        max_epochs: epochs to train. batch_size: per process.
+        patch_size: 3D training patch ``(D, H, W)``; also the sliding-window size for 3D
+            validation unless ``sw_roi_size`` is set. Unused in 2D (whole slices).
+        sw_roi_size: sliding-window size for validation (None: ``patch_size`` in 3D).
+        sw_batch_size: windows per forward pass in sliding-window validation.
+        val_every: validate every this many epochs. patience: early-stopping patience in
+            epochs (None: off).
+        seed: seeds RNGs, the split and the data order.
+        amp: mixed precision when on CUDA. grad_clip_norm: None disables clipping.
+        profile: ``smoke``, ``cpu`` or ``gpu`` (see `medseg_helpers.course.profiles`).
+        dataset: ``"synthetic"`` or a Decathlon task such as ``"Task04_Hippocampus"``.
+        data_dir: a Decathlon-layout folder; None: the profile's dataset (generated or
+            downloaded by `course_data.ensure_course_dataset`).
+        run_dir: output folder; None: ``$MEDSEG_RUN_DIR/train-<profile>-<model>-<dims>d``.
+        val_fraction: share of patients for validation (split by patient).
+        test_fraction: share of patients held out for the final evaluation (never seen in
+            training or model selection); the split is saved as ``run_dir/splits.json``.
+        augmentation: 2D/3D augmentation preset (``light``, ``medium``, ``heavy``) or None.
+        empty_slice_fraction: share of background-only slices kept per epoch (2D).
+        num_workers: DataLoader worker processes.
+        device: ``"cpu"``, ``"cuda"``... None: automatic.
+        resume: continue from ``run_dir/checkpoints/last.pt`` if it exists.
+        progress: show progress bars. tensorboard: log to TensorBoard if installed.
+    """
+
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    spatial_dims: int = 2
+    in_channels: int = 1
+    out_channels: int | None = None
+    loss: str = "dice_ce"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    nesterov: bool = True
+    scheduler: str = "cosine"
+    warmup_epochs: int = 0
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_epochs: int = 10
+    batch_size: int = 8
+    patch_size: tuple[int, ...] | None = None
+    sw_roi_size: tuple[int, ...] | None = None
+    sw_batch_size: int = 4
+    val_every: int = 1
+    patience: int | None = None
+    seed: int = 0
+    amp: bool = True
+    grad_clip_norm: float | None = 12.0
+    profile: str = "smoke"
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    run_dir: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    augmentation: str | None = "light"
+    empty_slice_fraction: float = 0.2
+    num_workers: int = 0
+    device: str | None = None
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(int(v) for v in value))
+        for name in ("data_dir", "run_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
+        problems = []
+        if self.spatial_dims not in (2, 3):
+            problems.append(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler {self.scheduler!r} not in {SCHEDULERS}")
+        for name in ("lr", "max_epochs", "batch_size", "val_every", "in_channels"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and len(value) != self.spatial_dims and self.spatial_dims == 3:
+                problems.append(f"{name} {value} must have {self.spatial_dims} values")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    # ------------------------------------------------------------- construction
+    @classmethod
+    def from_profile(cls, profile: str | None = None, **overrides: Any) -> TrainConfig:
+        """Defaults of ``profile`` (`config.profile_defaults`), then ``overrides``.
+
+        The profile sets ``max_epochs``, ``batch_size``, ``dataset``, the 3D
+        ``patch_size`` and the model width (``base_channels`` of our U-Net, or the
+        equivalent ``channels``/``features`` of MONAI's U-Nets).
+
+        Raises:
+            ValueError: an unknown profile or override name (closest field suggested).
+        """
+        _check_keys(overrides)
+        defaults = profile_defaults(profile)
+        spatial_dims = overrides.get("spatial_dims", 2)
+        model = overrides.get("model", cls.model)
+        base = {"profile": defaults.name, "dataset": defaults.dataset,
+                "max_epochs": defaults.max_epochs, "batch_size": defaults.batch_size,
+                "patch_size": defaults.patch_size_3d if spatial_dims == 3 else None,
+                "model_kwargs": _width_kwargs(model, spatial_dims, defaults.base_channels)}
+        model_kwargs = {**base["model_kwargs"], **overrides.pop("model_kwargs", {})}
+        return cls(**{**base, **overrides, "model_kwargs": model_kwargs})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict (e.g. parsed YAML); unknown keys raise ``ValueError``."""
+        _check_keys(values)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (tuples as lists): safe for YAML, JSON and checkpoints."""
+        values = asdict(self)
+        for name in _TUPLE_FIELDS:
+            if values[name] is not None:
+                values[name] = list(values[name])
+        return values
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        """Write the config as YAML (atomically) and return the path."""
+        import yaml
+
+        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a YAML file written by `to_yaml` (or by hand; missing keys get defaults)."""
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields, got {type(values)}")
+        return cls.from_dict(values)
+
+    def updated(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated like the constructor)."""
+        _check_keys(changes)
+        return replace(self, **changes)
+
+
+def _check_keys(values: dict[str, Any]) -> None:
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = [_COMMON_MISTAKES[key]] if key in _COMMON_MISTAKES else \
+                difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise ValueError(f"unknown TrainConfig field(s): {', '.join(hints)}")
+
+
+def _width_kwargs(model: str, spatial_dims: int, base: int) -> dict[str, Any]:
+    """Model-size arguments for a base width, per registry model (empty if unknown)."""
+    if model == "unet":
+        return {"base_channels": base}
+    if model in ("monai_unet", "monai_attention_unet"):
+        return {"channels": [base, 2 * base, 4 * base, 8 * base], "strides": [2, 2, 2]}
+    if model == "monai_basic_unet":
+        return {"features": [base, 2 * base, 4 * base, 8 * base, 16 * base, base]}
+    if model == "monai_segresnet":
+        return {"init_filters": base}
+    return {}

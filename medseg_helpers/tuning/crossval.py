@@ -1,0 +1,130 @@
+"""Training on an explicit patient split, and patient-level k-fold cross-validation.
+
+Model selection needs three kinds of patients: *training* patients the weights are fitted
+on, *validation* patients the hyper-parameters are chosen on, and *test* patients looked at
+once, at the very end. With few patients one validation split is noisy, so k-fold
+cross-validation rotates the validation role over the development (train + val) patients
+and averages; the test patients never take part::
+
+    config = TrainConfig.from_profile("cpu", max_epochs=5)
+    outer, folds = development_folds(config, n_folds=3)   # outer.test stays held out
+    table = cross_validate(config, folds, run_dir="runs/cv")  # one row per fold
+    table["best_val_dice"].mean()
+
+A fold is trained by `train_job.train_from_config` with ``split=`` (and, in a search,
+``callbacks=`` such as `tuning.PruningCallback`). The outer split is the one
+`train_from_config` makes for the same config (`train_job.patient_split`), so a model
+trained either way is tested on the same patients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medseg_helpers.data.splits import PatientSplit, kfold_patients
+from medseg_helpers.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cross_validate", "development_folds", "evaluate_run", "outer_split"]
+
+
+def _cache_and_classes(config: TrainConfig) -> tuple[Any, int]:
+    from medseg_helpers.training.job import _dataset_dir, _read_labels, open_slice_cache
+
+    dataset_dir = _dataset_dir(config)
+    return open_slice_cache(dataset_dir), len(_read_labels(dataset_dir))
+
+
+def outer_split(config: TrainConfig) -> PatientSplit:
+    """The train/val/test split `train_job.train_from_config` makes for ``config``
+    (`train_job.patient_split`), so the test patients here are the ones every run of this
+    config holds out."""
+    from medseg_helpers.training.job import patient_split
+
+    return patient_split(config, *_cache_and_classes(config))
+
+
+def development_folds(config: TrainConfig, n_folds: int = 3
+                      ) -> tuple[PatientSplit, list[PatientSplit]]:
+    """The outer split and ``n_folds`` folds over its development (train + val) patients.
+
+    Folds are stratified by whether a patient has any voxel of the last class (the lesion
+    in the course data), so each fold validates on lesion and lesion-free patients alike.
+    Every fold's ``test`` is the outer test set (never trained or validated on).
+
+    Raises:
+        ValueError: ``n_folds`` < 2 or larger than the number of development patients.
+    """
+    from medseg_helpers.training.job import patient_split
+
+    cache, num_classes = _cache_and_classes(config)
+    outer = patient_split(config, cache, num_classes)
+    dev_ids = sorted({*outer.train, *outer.val})
+    has_last = [bool((np.asarray(cache.labels[c.start:c.stop]) == num_classes - 1).any())
+                for c in (cache.cases[p] for p in dev_ids)]
+    folds = kfold_patients(dev_ids, has_last, n_folds=n_folds, seed=config.seed)
+    return outer, [PatientSplit(f.train, f.val, outer.test) for f in folds]
+
+
+def cross_validate(config: TrainConfig, folds: Sequence[PatientSplit],
+                   run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Train ``config`` once per fold (run directories ``run_dir/fold-<k>``).
+
+    Returns:
+        one row per fold: ``fold``, ``best_val_dice``, ``best_epoch``, ``dice_<class>``
+        (at the best epoch), ``num_train``, ``num_val``, ``run_dir``. Its mean over folds
+        estimates how well the config generalises; its spread, how far to trust it.
+    """
+    from medseg_helpers.training.job import train_from_config
+
+    rows = []
+    for k, split in enumerate(folds):
+        fold_config = config.updated(run_dir=os.fspath(Path(run_dir) / f"fold-{k}"))
+        result = train_from_config(fold_config, split=split)
+        per_class = {f"dice_{n}": v for n, v in result["best_dice_per_class"].items()}
+        rows.append({"fold": k, "best_val_dice": result["best_val_dice"],
+                     "best_epoch": result["best_epoch"], **per_class,
+                     "num_train": len(split.train), "num_val": len(split.val),
+                     "run_dir": result["run_dir"]})
+        logger.info("fold %d: best val Dice %.4f", k, result["best_val_dice"])
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | os.PathLike, patient_ids: Sequence[str],
+                 which: str = "best") -> dict[str, float]:
+    """Mean per-patient Dice of the model saved in ``run_dir`` on ``patient_ids``.
+
+    Dice is computed per patient volume on the preprocessed grid, as in validation
+    (`metrics.DiceAccumulator`, a class absent from target and prediction is skipped).
+
+    Returns:
+        ``{"dice": mean over foreground classes, "dice_<class>": ..., "num_patients": n}``.
+
+    Raises:
+        FileNotFoundError: no trained model in ``run_dir``.
+    """
+    from medseg_helpers.course.model import load_trained_model
+    from medseg_helpers.metrics.overlap import DiceAccumulator
+
+    trained = load_trained_model(run_dir, which=which)
+    dice = DiceAccumulator(trained.num_classes)
+    for patient_id in patient_ids:
+        _, label = trained.preprocessed(patient_id)
+        pred = trained.predict_logits(patient_id).argmax(0)
+        dice.update(pred[None, None].cpu(), label[None, None])
+    per_class = dice.per_class().tolist()
+    scored = [d for d in per_class if not math.isnan(d)]
+    return {"dice": float(np.mean(scored)) if scored else math.nan,
+            **{f"dice_{n}": d for n, d in zip(trained.class_names[1:], per_class, strict=True)},
+            "num_patients": len(patient_ids)}
