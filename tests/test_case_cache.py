@@ -10,7 +10,7 @@ import pytest
 from _decathlon_helpers import image_label_pair, write_decathlon
 
 from medseg_helpers.data.decathlon import Case, read_decathlon
-from medseg_helpers.data.io import GeometryMismatchError
+from medseg_helpers.data.geometry import GeometryMismatchError
 from medseg_helpers.data.patch_dataset import PatchDataset3D
 from medseg_helpers.data.slice_cache import build_slice_cache
 from medseg_helpers.data.volume import Volume

@@ -13,8 +13,9 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from medseg_helpers.data import io
-from medseg_helpers.data.io import GeometryMismatchError, VolumeReadError
+from medseg_helpers.data import geometry, io
+from medseg_helpers.data.geometry import GeometryMismatchError
+from medseg_helpers.data.io import VolumeReadError
 from medseg_helpers.data.volume import Volume
 
 # Geometry made of numbers that float32 stores exactly (NIfTI keeps geometry as float32),
@@ -401,26 +402,28 @@ def test_float32_rounding_of_geometry_is_not_a_mismatch(tmp_path):
 
 
 def test_orientation_codes_name_where_index_axes_point_to():
-    assert io.get_orientation(Volume(np.zeros((2, 2, 2)))) == "LPS"  # identity direction
-    assert io.get_orientation(make_ct()) == "ALS"  # x -> -y = Anterior, y -> +x = Left
+    assert geometry.get_orientation(Volume(np.zeros((2, 2, 2)))) == "LPS"  # identity direction
+    assert geometry.get_orientation(make_ct()) == "ALS"  # x -> -y = Anterior, y -> +x = Left
 
 
 @pytest.mark.parametrize("code", ["RAS", "LPS", "LAS", "PIR", "ras"])
 def test_reorient_keeps_each_voxel_at_its_physical_point(code):
     volume = make_ct()
     marked = (1, 2, 3)  # (z, y, x)
-    reoriented = io.reorient_to(volume, code)
+    reoriented = geometry.reorient_to(volume, code)
     new_index = np.argwhere(reoriented.array == volume.array[marked])[0]
     np.testing.assert_allclose(
-        io.index_to_physical(reoriented, new_index), io.index_to_physical(volume, marked), atol=1e-9
+        geometry.index_to_physical(reoriented, new_index),
+        geometry.index_to_physical(volume, marked),
+        atol=1e-9,
     )
-    assert io.get_orientation(reoriented) == code.upper()
+    assert geometry.get_orientation(reoriented) == code.upper()
     assert "".join(nib.aff2axcodes(reoriented.affine_ras)) == code.upper()  # nibabel agrees
 
 
 def test_reorient_keeps_channels_together():
     volume = make_ct().with_array(np.stack([make_ct().array, -make_ct().array]))
-    reoriented = io.reorient_to(volume, "RAS")
+    reoriented = geometry.reorient_to(volume, "RAS")
     assert reoriented.array.shape == (2, 4, 6, 5)  # x and y swap places
     np.testing.assert_array_equal(reoriented.array[1], -reoriented.array[0])
 
@@ -428,7 +431,7 @@ def test_reorient_keeps_channels_together():
 @pytest.mark.parametrize("code", ["RAX", "RRS", "RA", "LPSI"])
 def test_invalid_orientation_code_is_refused(code):
     with pytest.raises(ValueError, match="one letter from each of L/R, P/A, I/S"):
-        io.reorient_to(make_ct(), code)
+        geometry.reorient_to(make_ct(), code)
 
 
 def test_index_to_physical_agrees_with_simpleitk():
@@ -439,7 +442,7 @@ def test_index_to_physical_agrees_with_simpleitk():
         Rotation.from_euler("z", 30, degrees=True).as_matrix(),
     )
     expected = volume.to_sitk().TransformContinuousIndexToPhysicalPoint((3.0, 2.0, 1.5))
-    np.testing.assert_allclose(io.index_to_physical(volume, (1.5, 2.0, 3.0)), expected)
+    np.testing.assert_allclose(geometry.index_to_physical(volume, (1.5, 2.0, 3.0)), expected)
 
 
 # --- conversion to NIfTI ----------------------------------------------------------------

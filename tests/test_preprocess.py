@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers.data import io
+from medseg_helpers.data import geometry
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.transforms import preprocess as pp
 
@@ -163,11 +163,12 @@ def test_resample_geometry(ct_volume):
     assert out.spacing_mm == (1.5, 2.0, 2.0)
     np.testing.assert_allclose(out.direction, ct_volume.direction)
     # same extent, so the centres of the two grids coincide and so do the outer edges
-    centre_old = io.index_to_physical(ct_volume, (np.array(ct_volume.spatial_shape) - 1) / 2)
-    centre_new = io.index_to_physical(out, (np.array(out.spatial_shape) - 1) / 2)
+    centre_old = geometry.index_to_physical(ct_volume, (np.array(ct_volume.spatial_shape) - 1) / 2)
+    centre_new = geometry.index_to_physical(out, (np.array(out.spatial_shape) - 1) / 2)
     np.testing.assert_allclose(centre_new, centre_old, atol=1e-9)
-    edge_old = io.index_to_physical(ct_volume, [-0.5, -0.5, -0.5])
-    np.testing.assert_allclose(io.index_to_physical(out, [-0.5, -0.5, -0.5]), edge_old, atol=1e-9)
+    edge_old = geometry.index_to_physical(ct_volume, [-0.5, -0.5, -0.5])
+    edge_new = geometry.index_to_physical(out, [-0.5, -0.5, -0.5])
+    np.testing.assert_allclose(edge_new, edge_old, atol=1e-9)
     assert out.array.dtype == np.float32
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg_helpers.data.io import index_to_physical
+from medseg_helpers.data.geometry import index_to_physical
 from medseg_helpers.data.volume import Volume
 
 

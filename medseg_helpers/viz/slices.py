@@ -1,6 +1,6 @@
 """Looking at volumes: orthogonal views, label overlays and an interactive slice viewer.
 
-All views expect a `Volume` in LPS orientation (``io.reorient_to(volume, "LPS")``)
+All views expect a `Volume` in LPS orientation (``geometry.reorient_to(volume, "LPS")``)
 and display it the radiological way: axial slices with the patient's right on the
 left of the screen and anterior at the top; coronal and sagittal slices with
 superior at the top. Pixel aspect comes from the spacing, so thick slices are not
