@@ -117,7 +117,7 @@ def test_case_seeds_differ_between_cases():
     (lambda: LabelNoise("blur", 1.0), ValueError, "unknown noise kind 'blur'"),
     (lambda: LabelNoise("flip_slices", 2.0), ValueError, r"amount in \[0, 1\]"),
     (lambda: LabelNoise("dilate", -1.0), ValueError, "distance in mm >= 0"),
-    (lambda: perturb_boundary(box_label(), (1, 1), 1.0), ValueError, "three positive"),
+    (lambda: perturb_boundary(box_label(), (1, 1), 1.0), ValueError, "spacing_mm must be 3"),
     (lambda: perturb_boundary(box_label().astype(float), (1, 1, 1), 1.0), ValueError,
      "integer"),
     (lambda: drop_components(box_label(), 2, 1.5), ValueError, "probability"),

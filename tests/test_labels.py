@@ -78,26 +78,6 @@ def test_decode_one_hot_of_probs_takes_argmax():
     np.testing.assert_array_equal(lb.decode_one_hot(probs), [0, 2])
 
 
-def test_keep_largest_component_per_class(two_blobs):
-    out = lb.keep_largest_component(two_blobs)
-    assert out.dtype == two_blobs.dtype
-    assert lb.count_label_values(out) == {0: 384 - 29, 1: 27, 2: 2}
-    only_class_1 = lb.keep_largest_component(two_blobs, classes=[1])
-    assert lb.count_label_values(only_class_1)[2] == 3
-
-
-def test_connectivity_changes_what_touches():
-    label = np.zeros((3, 3, 3), dtype=np.int64)
-    label[0, 0, 0] = label[1, 1, 1] = 1  # touch only at a corner
-    label[2, 2, 2] = 1
-    # faces only: three 1-voxel components, the first is kept
-    assert lb.keep_largest_component(label, connectivity=1).sum() == 1
-    # with corners: one 3-voxel diagonal component
-    assert lb.keep_largest_component(label, connectivity=3).sum() == 3
-    with pytest.raises(ValueError, match="connectivity"):
-        lb.keep_largest_component(label, connectivity=4)
-
-
 def test_remove_small_components_by_voxels(two_blobs):
     out = lb.remove_small_components(two_blobs, min_voxels=2)
     assert lb.count_label_values(out) == {0: 384 - 37, 1: 35, 2: 2}
@@ -119,7 +99,7 @@ def test_remove_small_components_by_volume(two_blobs):
         ({}, "exactly one"),
         ({"min_voxels": 2, "min_volume_mm3": 3.0}, "exactly one"),
         ({"min_volume_mm3": 3.0}, "spacing_mm"),
-        ({"min_volume_mm3": 3.0, "spacing_mm": (1.0, 1.0)}, "spacing_mm with 3"),
+        ({"min_volume_mm3": 3.0, "spacing_mm": (1.0, 1.0)}, "spacing_mm must be 3 finite positive"),
     ],
 )
 def test_remove_small_components_bad_arguments(two_blobs, kwargs, match):
@@ -127,9 +107,12 @@ def test_remove_small_components_bad_arguments(two_blobs, kwargs, match):
         lb.remove_small_components(two_blobs, **kwargs)
 
 
-def test_components_work_in_2d():
+def test_remove_small_components_connects_diagonals_by_default():
     label = np.array([[1, 0, 1, 1], [0, 1, 0, 1]])
-    # 4-connectivity: components {(0,0)}, {(1,1)}, {(0,2),(0,3),(1,3)}
-    assert lb.keep_largest_component(label).sum() == 3
-    # 8-connectivity: (0,0)-(1,1)-(0,2) are diagonal neighbours: one component of 5
-    assert lb.keep_largest_component(label, connectivity=2).sum() == 5
+    # default (ndim = 2, 8-connectivity): (0,0)-(1,1)-(0,2) touch diagonally: one blob of 5
+    assert lb.remove_small_components(label, min_voxels=4).sum() == 5
+    # faces only (4-connectivity): {(0,0)}, {(1,1)}, {(0,2),(0,3),(1,3)}; only the 3 stays
+    np.testing.assert_array_equal(lb.remove_small_components(label, min_voxels=2, connectivity=1),
+                                  [[0, 0, 1, 1], [0, 0, 0, 1]])
+    with pytest.raises(ValueError, match="connectivity"):
+        lb.remove_small_components(label, min_voxels=2, connectivity=3)

@@ -20,6 +20,33 @@ def test_hand_worked_removes_the_small_island() -> None:
     assert np.array_equal(keep_largest_component(pred, labels=[1]), expected)
 
 
+def test_default_connectivity_joins_voxels_that_touch_at_a_corner() -> None:
+    label = np.zeros((5, 5, 5), np.int64)
+    label[0, 0, 0] = label[1, 1, 1] = label[2, 2, 2] = 1  # a diagonal through corners
+    label[4, 4, 0] = label[4, 4, 1] = 1  # two face neighbours, apart from the diagonal
+    # default (26-connectivity): the diagonal is one 3-voxel component and wins
+    expected = np.zeros_like(label)
+    expected[0, 0, 0] = expected[1, 1, 1] = expected[2, 2, 2] = 1
+    assert np.array_equal(keep_largest_component(label), expected)
+    # faces only: three components of 1 voxel and one of 2: the pair wins
+    expected = np.zeros_like(label)
+    expected[4, 4, 0] = expected[4, 4, 1] = 1
+    assert np.array_equal(keep_largest_component(label, connectivity=1), expected)
+
+
+def test_each_class_keeps_its_own_largest_blob() -> None:
+    pred = np.zeros((6, 8, 8), np.uint8)
+    pred[0:3, 0:3, 0:3] = 1  # 27 voxels: kept
+    pred[4:6, 5:7, 5:7] = 1  # 8 voxels: removed
+    pred[0, 7, 7] = 2  # 1 voxel: removed
+    pred[5, 0, 0:2] = 2  # 2 voxels: kept
+    out = keep_largest_component(pred)
+    assert out.dtype == np.uint8
+    assert {v: int((out == v).sum()) for v in (0, 1, 2)} == {0: 384 - 29, 1: 27, 2: 2}
+    only_organ = keep_largest_component(pred, labels=[1])
+    assert int((only_organ == 2).sum()) == 3
+
+
 def test_connectivity_decides_whether_diagonals_touch() -> None:
     mask = np.array([[1, 0, 0],
                      [0, 1, 1]], bool)

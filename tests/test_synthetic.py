@@ -335,7 +335,7 @@ def test_refuses_to_overwrite_another_datasets_folder(tmp_path):
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"num_cases": 0}, "need num_cases >= 1"),
         ({"num_test": -1}, "num_test >= 0"),
-        ({"spacing_mm": (1.0, 0.0, 1.0)}, "spacing_mm must be three positive numbers"),
+        ({"spacing_mm": (1.0, 0.0, 1.0)}, "spacing_mm must be 3 finite positive numbers in mm"),
     ],
 )
 def test_invalid_arguments_raise_before_anything_is_written(tmp_path, kwargs, message):

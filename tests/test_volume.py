@@ -1,11 +1,19 @@
 """`Volume` keeps array order (Z, Y, X) and converts geometry exactly to ITK and nibabel."""
 
+import math
+import re
+
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medseg_helpers.data.volume import Volume
+from medseg_helpers.data.phantom import make_phantom
+from medseg_helpers.data.volume import Volume, check_spacing
+from medseg_helpers.metrics.surface import hausdorff_distance
+from medseg_helpers.transforms.label_noise import perturb_boundary
+from medseg_helpers.transforms.labels import remove_small_components
+from medseg_helpers.transforms.preprocess import resample_to_spacing
 
 
 def _rotation(seed: int = 0) -> np.ndarray:
@@ -62,8 +70,8 @@ def test_channel_first_volume_becomes_a_vector_image():
     ("kwargs", "message"),
     [
         ({"array": np.zeros((4, 4))}, "must be \\(Z, Y, X\\)"),
-        ({"array": np.zeros((2, 2, 2)), "spacing_mm": (1, 0, 1)}, "spacing_mm must be three"),
-        ({"array": np.zeros((2, 2, 2)), "spacing_mm": (1, 1)}, "spacing_mm must be three"),
+        ({"array": np.zeros((2, 2, 2)), "spacing_mm": (1, 0, 1)}, "spacing_mm must be 3 finite"),
+        ({"array": np.zeros((2, 2, 2)), "spacing_mm": (1, 1)}, "spacing_mm must be 3 finite"),
         ({"array": np.zeros((2, 2, 2)), "origin_mm": (0, np.nan, 0)}, "origin_mm must be"),
     ],
 )
@@ -84,3 +92,46 @@ def test_sheared_affine_is_rejected():
     affine[0, 1] = 0.5
     with pytest.raises(ValueError, match="shear"):
         Volume.from_affine_ras(np.zeros((2, 2, 2)), affine)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "ndim", "expected"),
+    [
+        ((2, 1, 0.5), 3, (2.0, 1.0, 0.5)),
+        ([0.7, 0.7], 2, (0.7, 0.7)),
+        (np.array([3.0, 1.0, 1.0], np.float32), 3, (3.0, 1.0, 1.0)),
+    ],
+)
+def test_check_spacing_returns_one_float_per_axis(spacing, ndim, expected):
+    checked = check_spacing(spacing, ndim)
+    assert checked == expected and all(type(s) is float for s in checked)
+
+
+@pytest.mark.parametrize(
+    "spacing",
+    [(1, 0, 1), (1, -1, 1), (1, math.nan, 1), (1, math.inf, 1), (1, 1), (1, 1, 1, 1), 2.0,
+     "abc", None],
+)
+def test_check_spacing_rejects_what_is_not_a_voxel_size(spacing):
+    message = ("spacing_mm must be 3 finite positive numbers in mm, one per array axis; "
+               f"got {spacing!r}")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_spacing(spacing)
+
+
+def test_every_spacing_check_in_the_package_reads_the_same():
+    bad = (1.0, 0.0, 1.0)
+    label = np.zeros((4, 16, 16), np.uint8)
+    calls = [
+        lambda: Volume(np.zeros((2, 2, 2)), spacing_mm=bad),
+        lambda: resample_to_spacing(Volume(np.zeros((2, 2, 2))), bad),
+        lambda: make_phantom(np.random.default_rng(0), "mr", (4, 16, 16), bad),
+        lambda: perturb_boundary(label, bad, 1.0),
+        lambda: hausdorff_distance(label, label, bad),
+        lambda: remove_small_components(label, min_volume_mm3=1.0, spacing_mm=bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=re.escape(f"spacing_mm must be 3 finite positive "
+                                                       f"numbers in mm, one per array axis; "
+                                                       f"got {bad!r}")):
+            call()

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg_helpers.data.volume import check_spacing
+
 FLAVOURS: tuple[str, ...] = ("mr", "ct")
 _MIN_SHAPE = (4, 16, 16)
 
-__all__ = ["FLAVOURS", "check_flavour", "check_shape", "check_spacing", "make_phantom"]
+__all__ = ["FLAVOURS", "check_flavour", "check_shape", "make_phantom"]
 
 
 def make_phantom(
@@ -69,14 +71,6 @@ def check_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     if len(shape) != 3 or any(n < m for n, m in zip(shape, _MIN_SHAPE, strict=True)):
         raise ValueError(f"shape must be (Z, Y, X) of at least {_MIN_SHAPE}; got {shape}")
     return shape  # type: ignore[return-value]
-
-
-def check_spacing(spacing_mm) -> tuple[float, float, float]:
-    """``spacing_mm`` as three floats (mm); ``ValueError`` unless finite and positive."""
-    spacing = tuple(float(s) for s in spacing_mm)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing_mm must be three positive numbers (mm); got {spacing_mm}")
-    return spacing  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

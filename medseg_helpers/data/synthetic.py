@@ -34,15 +34,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medseg_helpers.fileutil import write_text_atomic
 from medseg_helpers.data.io import write_volume
-from medseg_helpers.data.phantom import (
-    check_flavour,
-    check_shape,
-    check_spacing,
-    make_phantom,
-)
-from medseg_helpers.data.volume import Volume
+from medseg_helpers.data.phantom import check_flavour, check_shape, make_phantom
+from medseg_helpers.data.volume import Volume, check_spacing
+from medseg_helpers.fileutil import write_text_atomic
 
 #: Bumped whenever the same arguments would give different phantoms.
 GENERATOR_VERSION = 1

@@ -19,12 +19,43 @@ nibabel uses the other order: its arrays are ``(X, Y, Z)`` and its affine maps
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def check_spacing(spacing_mm: Iterable[float], ndim: int = 3) -> tuple[float, ...]:
+    """``spacing_mm`` as a tuple of ``ndim`` floats, after checking it is a voxel size.
+
+    The one spacing check of the package: `Volume`, resampling, the phantoms, label
+    noise, surface metrics and component removal all call it, so a bad spacing reads the
+    same everywhere.
+
+    Args:
+        spacing_mm: voxel size per array axis in mm, e.g. ``(sz, sy, sx)`` for a
+            ``(Z, Y, X)`` array.
+        ndim: how many values are expected (the array's spatial dimensions).
+
+    Returns:
+        ``ndim`` floats, each finite and > 0 (mm).
+
+    Raises:
+        ValueError: not ``ndim`` numbers, or one is zero, negative, NaN or infinite, e.g.
+            ``spacing_mm must be 3 finite positive numbers in mm, one per array axis;
+            got (1.0, 0.0, 1.0)``.
+    """
+    try:
+        spacing = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        spacing = ()
+    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing_mm must be {ndim} finite positive numbers in mm, one per "
+                         f"array axis; got {spacing_mm!r}")
+    return spacing
 
 
 @dataclass(frozen=True)
@@ -49,11 +80,9 @@ class Volume:
             raise ValueError(
                 f"Volume.array must be (Z, Y, X) or (C, Z, Y, X); got shape {array.shape}"
             )
-        spacing = tuple(float(s) for s in self.spacing_mm)
+        spacing = check_spacing(self.spacing_mm)
         origin = tuple(float(o) for o in self.origin_mm)
         direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing_mm must be three positive numbers; got {self.spacing_mm}")
         if len(origin) != 3 or not all(np.isfinite(origin)):
             raise ValueError(f"origin_mm must be three finite numbers; got {self.origin_mm}")
         object.__setattr__(self, "array", array)

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg_helpers.data.volume import check_spacing
+
 __all__ = [
     "SurfaceDistances",
     "average_surface_distance",
@@ -90,10 +92,7 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float]
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} do not have the same shape")
     if pred.ndim not in (2, 3):
         raise ValueError(f"masks must be 2D (H, W) or 3D (Z, Y, X), got shape {pred.shape}")
-    spacing = (1.0,) * pred.ndim if spacing_mm is None else tuple(float(s) for s in spacing_mm)
-    if len(spacing) != pred.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing_mm must be {pred.ndim} positive numbers (one per axis of "
-                         f"the masks {pred.shape}), got {spacing_mm}")
+    spacing = (1.0,) * pred.ndim if spacing_mm is None else check_spacing(spacing_mm, pred.ndim)
     return pred, truth, spacing
 
 

@@ -26,7 +26,7 @@ _EXPORTS = {
     "decode_one_hot": "labels",
     "drop_components": "label_noise",
     "encode_one_hot": "labels",
-    "keep_largest_component": "labels",
+    "keep_largest_component": "postprocess",
     "largest_component_mask": "postprocess",
     "naive_max_normalise": "preprocess",
     "normalise_minmax": "preprocess",

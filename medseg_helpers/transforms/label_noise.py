@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg_helpers.data.volume import check_spacing
+
 __all__ = ["NOISE_KINDS", "LabelNoise", "corrupt_slices", "drop_components",
            "perturb_boundary"]
 
@@ -79,13 +81,10 @@ def perturb_boundary(label: np.ndarray, spacing_mm: Sequence[float], distance_mm
 
     Raises:
         ValueError: a label that is not an integer 3D array, or a spacing that is not
-            three positive numbers.
+            three positive numbers (`check_spacing`).
     """
     label = _check_label(label)
-    spacing = np.asarray(spacing_mm, dtype=float)
-    if spacing.shape != (3,) or not (spacing > 0).all():
-        raise ValueError(f"spacing_mm must be three positive numbers (sz, sy, sx), got "
-                         f"{spacing_mm}")
+    spacing = check_spacing(spacing_mm)
     out = label.copy()
     if distance_mm == 0:
         return out

@@ -1,9 +1,11 @@
-"""Label maps: checking, remapping, one-hot encoding and connected-component cleanup.
+"""Label maps: checking, remapping, one-hot encoding and removing small components.
 
 A label map (``label``, or ``pred`` for a prediction) is an integer array of class
 indices in ``[0, num_classes)``, 0 = background, shape ``(Z, Y, X)`` or ``(H, W)``.
 Connected components use `scipy.ndimage.label`; ``connectivity`` is 1 for face
 neighbours (6 in 3D, 4 in 2D) up to ``ndim`` for all neighbours (26 in 3D, 8 in 2D).
+The default is ``ndim`` (MONAI's), as in `medseg_helpers.transforms.postprocess`, which
+keeps the largest component of a class.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
+
+from medseg_helpers.data.volume import check_spacing
 
 
 def _as_int_label(label: np.ndarray) -> np.ndarray:
@@ -129,39 +133,11 @@ def _classes_to_process(label: np.ndarray, classes: Iterable[int] | None) -> lis
     return [int(c) for c in classes]
 
 
-def _structure(ndim: int, connectivity: int) -> np.ndarray:
+def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    connectivity = ndim if connectivity is None else connectivity
     if not 1 <= connectivity <= ndim:
         raise ValueError(f"connectivity must be in [1, {ndim}] for {ndim}D; got {connectivity}")
     return ndimage.generate_binary_structure(ndim, connectivity)
-
-
-def keep_largest_component(
-    label: np.ndarray, classes: Iterable[int] | None = None, connectivity: int = 1
-) -> np.ndarray:
-    """Keep only the largest connected component of each class; the rest becomes 0.
-
-    Typical post-processing for single organs (spleen, liver). Do not apply it to
-    classes that can have several true components (metastases, lesions).
-
-    Args:
-        label: integer array ``(Z, Y, X)`` or ``(H, W)``.
-        classes: classes to clean; default every nonzero class present.
-        connectivity: 1 (faces) to ``label.ndim`` (faces, edges and corners).
-
-    Returns:
-        A cleaned copy, same shape and dtype. Ties keep the first component found.
-    """
-    label = _as_int_label(label)
-    structure = _structure(label.ndim, connectivity)
-    out = label.copy()
-    for cls in _classes_to_process(label, classes):
-        components, n = ndimage.label(label == cls, structure=structure)
-        if n <= 1:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        out[(components != 0) & (components != int(np.argmax(sizes)))] = 0
-    return out
 
 
 def remove_small_components(
@@ -171,7 +147,7 @@ def remove_small_components(
     min_volume_mm3: float | None = None,
     spacing_mm: tuple[float, ...] | None = None,
     classes: Iterable[int] | None = None,
-    connectivity: int = 1,
+    connectivity: int | None = None,
 ) -> np.ndarray:
     """Set connected components smaller than a threshold to 0 (background).
 
@@ -185,23 +161,23 @@ def remove_small_components(
         min_volume_mm3: components with a smaller volume (mm³) are removed.
         spacing_mm: voxel size per array axis, mm (needed with ``min_volume_mm3``).
         classes: classes to clean; default every nonzero class present.
-        connectivity: 1 (faces) to ``label.ndim``.
+        connectivity: 1 (faces) to ``label.ndim`` (faces, edges and corners); None:
+            ``label.ndim``.
 
     Returns:
         A cleaned copy, same shape and dtype.
 
     Raises:
-        ValueError: if not exactly one threshold is given, or spacing is missing/wrong.
+        ValueError: if not exactly one threshold is given, or spacing is missing/wrong
+            (`check_spacing`).
     """
     label = _as_int_label(label)
     if (min_voxels is None) == (min_volume_mm3 is None):
         raise ValueError("give exactly one of min_voxels or min_volume_mm3")
     if min_volume_mm3 is not None:
-        if spacing_mm is None or len(spacing_mm) != label.ndim:
-            raise ValueError(
-                f"min_volume_mm3 needs spacing_mm with {label.ndim} values; got {spacing_mm}"
-            )
-        voxel_mm3 = float(np.prod(spacing_mm))
+        if spacing_mm is None:
+            raise ValueError("min_volume_mm3 needs spacing_mm (mm per array axis)")
+        voxel_mm3 = float(np.prod(check_spacing(spacing_mm, label.ndim)))
     structure = _structure(label.ndim, connectivity)
     out = label.copy()
     for cls in _classes_to_process(label, classes):

@@ -7,6 +7,9 @@ that may have several parts (lesions, metastases) loses all but the largest, whi
 `notebooks/06_evaluation.ipynb` measures. Equivalent to MONAI's
 ``KeepLargestConnectedComponent`` on a label map (checked in
 ``tests/test_postprocess.py``).
+
+Connectivity defaults to MONAI's: voxels touching by a face, an edge or a corner are
+one component (26 neighbours in 3D, 8 in 2D); ``connectivity=1`` counts faces only.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ def keep_largest_component(pred: np.ndarray, labels: Sequence[int] | None = None
         independent: True: each class separately; False: the union of ``labels`` is one
             foreground (keep the largest blob of "organ or lesion", so a lesion inside the
             organ survives even if it is not the largest lesion).
-        connectivity: see `largest_component_mask`.
+        connectivity: neighbours are voxels at most this many orthogonal steps away,
+            1 (faces) to ``pred.ndim`` (faces, edges and corners); None (default):
+            ``pred.ndim``, as MONAI.
         fill_value: label given to the removed voxels (background).
 
     Returns:

@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 import SimpleITK as sitk
 
-from medseg_helpers.data.volume import Volume
+from medseg_helpers.data.volume import Volume, check_spacing
 
 #: CT display windows as ``(width, level)`` in Hounsfield units (HU).
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -247,9 +247,7 @@ def resample_to_spacing(
     Raises:
         ValueError: bad spacing, unknown interpolator, or a 4D label.
     """
-    spacing = tuple(float(s) for s in spacing_mm)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing_mm must be three positive numbers; got {spacing_mm}")
+    spacing = check_spacing(spacing_mm)
     interpolators = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
     if is_label:
         if volume.array.ndim != 3:
