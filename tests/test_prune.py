@@ -8,7 +8,7 @@ from conftest import smoke_course_model
 from torch import nn
 
 from medseg_helpers.deploy.prune import (
-    count_parameters,
+    count_effective_parameters,
     fine_tune,
     is_pruned,
     make_permanent,
@@ -19,6 +19,7 @@ from medseg_helpers.deploy.prune import (
     weight_sparsity,
 )
 from medseg_helpers.networks.unet import UNet
+from medseg_helpers.networks.zoo import count_parameters
 
 
 def _unet(norm: str = "batch", seed: int = 0) -> UNet:
@@ -30,6 +31,17 @@ def _unet(norm: str = "batch", seed: int = 0) -> UNet:
             for _ in range(3):
                 model(torch.randn(4, 1, 32, 32))
     return model.eval()
+
+
+def test_effective_parameters_count_a_pruned_weight_once_and_frozen_ones_too() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, kernel_size=3)  # 2 * 1 * 3 * 3 = 18 weights + 2 biases
+    conv.bias.requires_grad_(False)  # frozen: counted here, not by networks.count_parameters
+    assert count_effective_parameters(conv) == 20
+    assert count_parameters(conv) == 18 and count_parameters(conv, trainable_only=False) == 20
+    torch.nn.utils.prune.l1_unstructured(conv, "weight", amount=9)  # weight_orig + mask
+    assert count_effective_parameters(conv) == 20  # the masked weight, counted once
+    assert count_effective_parameters(conv, nonzero=True) == 9 + 2  # 9 weights left, biases
 
 
 def test_unstructured_reaches_the_global_sparsity_requested() -> None:
@@ -53,11 +65,11 @@ def test_unstructured_pruning_removes_the_smallest_weights_globally() -> None:
 def test_unstructured_pruning_keeps_every_shape_and_parameter() -> None:
     model = _unet()
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    params = count_parameters(model)
+    params = count_effective_parameters(model)
     make_permanent(prune_unstructured(model, 0.7))
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
-    assert count_parameters(model) == params  # dense tensors: same file size, same FLOPs
-    assert count_parameters(model, nonzero=True) < 0.5 * params
+    assert count_effective_parameters(model) == params  # dense tensors: same file size, same FLOPs
+    assert count_effective_parameters(model, nonzero=True) < 0.5 * params
 
 
 def test_make_permanent_leaves_no_reparametrisation_in_the_state_dict() -> None:
@@ -94,7 +106,7 @@ def test_removing_pruned_channels_shrinks_the_model_and_keeps_its_logits(norm, c
     with torch.no_grad():
         out = thin(x)
     torch.testing.assert_close(out, masked, atol=1e-5, rtol=1e-4)
-    assert count_parameters(thin) < 0.7 * count_parameters(model)
+    assert count_effective_parameters(thin) < 0.7 * count_effective_parameters(model)
     assert thin.stem[0].out_channels == 4 and thin.stem[3].in_channels == 4
     assert is_pruned(model) and not is_pruned(thin)  # the original is left untouched
 

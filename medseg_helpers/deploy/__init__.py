@@ -18,7 +18,7 @@ _EXPORTS = {
     "VolumeSegmenter": "serve",
     "calibration_images": "variants",
     "check_parity": "export",
-    "count_parameters": "prune",
+    "count_effective_parameters": "prune",
     "create_app": "serve",
     "example_input": "variants",
     "export_onnx": "export",

@@ -47,8 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["count_parameters", "fine_tune", "is_pruned", "make_permanent", "prunable_weights",
-           "prune_channels", "prune_unstructured", "remove_pruned_channels", "weight_sparsity"]
+__all__ = ["count_effective_parameters", "fine_tune", "is_pruned", "make_permanent",
+           "prunable_weights", "prune_channels", "prune_unstructured", "remove_pruned_channels",
+           "weight_sparsity"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                nn.ConvTranspose3d)
@@ -67,11 +68,22 @@ def prunable_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(module, "weight") for module in model.modules() if isinstance(module, _CONV_TYPES)]
 
 
-def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
-    """Number of parameters of ``model`` (with ``nonzero=True``: those that are not 0).
+def count_effective_parameters(model: nn.Module, nonzero: bool = False) -> int:
+    """Elements of the parameter tensors the forward pass uses, frozen ones included.
 
-    Counts the *effective* tensors: for a pruned module, ``weight`` (masked), not
-    ``weight_orig`` and ``weight_mask``.
+    For a module under pruning that is the masked ``weight`` (counted once), not
+    ``weight_orig`` plus ``weight_mask``; so the count is the same before pruning, during
+    it and after `make_permanent`. ``nonzero=True`` counts only the elements that are not
+    0, which is what unstructured pruning reduces (dense tensors keep their size).
+    `medseg_helpers.networks.count_parameters` instead counts the trainable parameters of a
+    model, as a model summary does.
+
+    Args:
+        model: any module, pruned or not.
+        nonzero: count only elements that are not exactly 0.
+
+    Returns:
+        the number of elements (an int >= 0).
     """
     total = 0
     for module in model.modules():
