@@ -36,8 +36,8 @@ def build_variants(trained, folder: Path, args: argparse.Namespace) -> dict:
         export_onnx,
         export_program,
         export_torchscript,
-        quantize_onnx_int8,
     )
+    from medseg_helpers.deploy.quantize import quantize_onnx_int8
     from medseg_helpers.deploy.variants import calibration_images, example_input, quiet_exporters
 
     model = trained.model

@@ -10,13 +10,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from medseg_helpers.deploy.export import (  # noqa: E402
-    OnnxSegmenter,
     check_parity,
     export_onnx,
     export_program,
     export_torchscript,
-    quantize_onnx_int8,
 )
+from medseg_helpers.deploy.quantize import quantize_onnx_int8  # noqa: E402
+from medseg_helpers.deploy.runtime import OnnxSegmenter  # noqa: E402
 from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 # torch 2.13's own ONNX exporter uses a deprecated pytree API internally (not our code).

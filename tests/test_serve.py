@@ -24,12 +24,9 @@ nib = pytest.importorskip("nibabel")
 
 from medseg_helpers.data.volume import Volume  # noqa: E402
 from medseg_helpers.deploy.export import export_onnx  # noqa: E402
-from medseg_helpers.deploy.serve import (  # noqa: E402
-    ServiceMetrics,
-    VolumeSegmenter,
-    create_app,
-    sniff_format,
-)
+from medseg_helpers.deploy.serve import VolumeSegmenter, create_app  # noqa: E402
+from medseg_helpers.deploy.service_metrics import ServiceMetrics  # noqa: E402
+from medseg_helpers.deploy.uploads import sniff_format  # noqa: E402
 from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")

@@ -22,7 +22,8 @@ Endpoints of the app built by `create_app`:
 Errors are JSON ``{"detail": "..."}``: 413 too large, 415 not a NIfTI/zip, 422 content
 (wrong dimensionality, too many voxels, NaN/Inf, unreadable), 503 when every inference slot
 stayed busy for ``queue_timeout_s``. Nothing uploaded is unpickled: the model is ONNX,
-uploads are parsed as NIfTI/DICOM only. Inference runs in the thread pool, at most
+uploads are parsed as NIfTI/DICOM only (`medseg_helpers.deploy.uploads`; the ``/metrics``
+counters are `medseg_helpers.deploy.service_metrics`). Inference runs in the thread pool, at most
 ``max_concurrency`` at a time.
 
 The module has no ``from __future__ import annotations``: FastAPI resolves the endpoint
@@ -30,208 +31,32 @@ annotations (``Request``), which are imported inside `create_app`.
 """
 
 import base64
-import gzip
-import io
 import json
 import logging
 import os
-import struct
-import tempfile
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg_helpers.deploy.export import OnnxSegmenter
+from medseg_helpers.deploy.runtime import OnnxSegmenter
+from medseg_helpers.deploy.service_metrics import ServiceMetrics
+from medseg_helpers.deploy.uploads import (
+    ServiceError,
+    mask_to_nifti_gz,
+    parse_dicom_zip,
+    parse_nifti,
+    sniff_format,
+)
 from medseg_helpers.transforms.preprocess import normalise_zscore
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_KNOWN_PATHS = ("/v1/segment", "/health", "/metrics")
-_MAX_ZIP_MEMBERS = 4096
 _DRAIN_BYTES = 8 * 2**20  # read (and drop) this much past the limit so clients see the 413
-
-
-class ServiceError(Exception):
-    """An error with the HTTP status the service answers with."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-class ServiceMetrics:
-    """Thread-safe counters rendered in the Prometheus text exposition format."""
-
-    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
-        self._lock = threading.Lock()
-        self.buckets = tuple(buckets)
-        self.requests: dict[tuple[str, int], int] = {}
-        self.bucket_counts = [0] * len(self.buckets)
-        self.latency_sum, self.latency_count = 0.0, 0
-        self.intensity = {"mean": [0.0, 0, 0.0], "std": [0.0, 0, 0.0]}  # sum, count, last
-
-    def observe_request(self, path: str, status: int) -> None:
-        path = path if path in _KNOWN_PATHS else "other"
-        with self._lock:
-            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-
-    def observe_latency(self, seconds: float) -> None:
-        with self._lock:
-            self.latency_sum += seconds
-            self.latency_count += 1
-            for i, bound in enumerate(self.buckets):
-                if seconds <= bound:
-                    self.bucket_counts[i] += 1
-
-    def observe_intensity(self, mean: float, std: float) -> None:
-        with self._lock:
-            for name, value in (("mean", mean), ("std", std)):
-                entry = self.intensity[name]
-                entry[0] += value
-                entry[1] += 1
-                entry[2] = value
-
-    def render(self) -> str:
-        """The metrics as Prometheus text (version 0.0.4)."""
-        with self._lock:
-            lines = ["# HELP medseg_requests_total HTTP requests by path and status.",
-                     "# TYPE medseg_requests_total counter"]
-            for (path, status), count in sorted(self.requests.items()):
-                lines.append(f'medseg_requests_total{{path="{path}",status="{status}"}} {count}')
-            lines += ["# HELP medseg_segment_latency_seconds /v1/segment answer time (any status).",
-                      "# TYPE medseg_segment_latency_seconds histogram"]
-            for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
-                lines.append(f'medseg_segment_latency_seconds_bucket{{le="{bound}"}} {count}')
-            lines += [f'medseg_segment_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
-                      f"medseg_segment_latency_seconds_sum {self.latency_sum}",
-                      f"medseg_segment_latency_seconds_count {self.latency_count}"]
-            for name, (total, count, last) in self.intensity.items():
-                metric = f"medseg_input_intensity_{name}"
-                lines += [f"# HELP {metric} Per-request {name} of raw input intensities.",
-                          f"# TYPE {metric} summary", f"{metric}_sum {total}",
-                          f"{metric}_count {count}",
-                          f"# TYPE {metric}_last gauge", f"{metric}_last {last}"]
-        return "\n".join(lines) + "\n"
-
-
-def _gunzip_limited(data: bytes, limit: int) -> bytes:
-    """Decompress gzip ``data``; 422 when it is corrupt or expands past ``limit`` bytes."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as err:
-        raise ServiceError(422, f"corrupt gzip stream: {err}") from err
-    if len(out) > limit:
-        raise ServiceError(422, f"decompressed upload exceeds {limit} bytes "
-                                "(max_voxels times 8 bytes plus the header)")
-    return out
-
-
-def sniff_format(data: bytes) -> str:
-    """``"nifti"``, ``"nifti_gz"`` or ``"zip"`` from the first bytes; 415 otherwise."""
-    if data[:2] == b"\x1f\x8b":
-        return "nifti_gz"
-    if data[:4] == b"PK\x03\x04":
-        return "zip"
-    if _is_nifti1(data):
-        return "nifti"
-    raise ServiceError(415, "upload is not a NIfTI-1 file (.nii/.nii.gz) or a zip of DICOM files "
-                            "(checked by content: header size 348 and magic 'n+1' at byte 344)")
-
-
-def _is_nifti1(data: bytes) -> bool:
-    if len(data) < 352 or data[344:348] != b"n+1\x00":
-        return False
-    return 348 in (struct.unpack("<i", data[:4])[0], struct.unpack(">i", data[:4])[0])
-
-
-def _check_shape(shape: tuple[int, ...], max_voxels: int) -> None:
-    if len(shape) != 3:
-        raise ServiceError(422, f"expected a 3D volume (X, Y, Z); got shape {shape}")
-    if int(np.prod(shape)) > max_voxels:
-        raise ServiceError(422, f"volume {shape} has {int(np.prod(shape))} voxels; "
-                                f"the limit is {max_voxels}")
-
-
-def _check_values(array: np.ndarray) -> np.ndarray:
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ServiceError(422, f"voxel type {array.dtype} is not a real scalar")
-    array = array.astype(np.float32)
-    bad = int(np.count_nonzero(~np.isfinite(array)))
-    if bad:
-        raise ServiceError(422, f"volume has {bad} NaN/Inf voxels")
-    return array
-
-
-def _parse_nifti(data: bytes, max_voxels: int) -> tuple[np.ndarray, Any]:
-    """``(array (X, Y, Z) float32, nibabel image)``; 415/422 on bad content."""
-    import nibabel as nib
-
-    if data[:2] == b"\x1f\x8b":
-        data = _gunzip_limited(data, max_voxels * 8 + 2**20)
-    if not _is_nifti1(data):
-        raise ServiceError(415, "content is not a single-file NIfTI-1 image (magic 'n+1')")
-    try:
-        image = nib.Nifti1Image.from_bytes(data)
-        _check_shape(tuple(image.header.get_data_shape()), max_voxels)
-        array = np.asarray(image.dataobj)
-    except ServiceError:
-        raise
-    except Exception as err:  # nibabel raises several types for truncated/corrupt data
-        raise ServiceError(422, f"cannot read NIfTI: {err}") from err
-    return _check_values(array), image
-
-
-def _parse_dicom_zip(data: bytes, max_bytes: int, max_voxels: int) -> tuple[np.ndarray, Any]:
-    """Unzip one DICOM series safely (size, count, flat names) and read it."""
-    import nibabel as nib
-
-    from medseg_helpers.data.io import read_dicom_series
-
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir()]
-    except zipfile.BadZipFile as err:
-        raise ServiceError(422, f"corrupt zip: {err}") from err
-    if not members or len(members) > _MAX_ZIP_MEMBERS:
-        raise ServiceError(422, f"zip must hold 1..{_MAX_ZIP_MEMBERS} files; has {len(members)}")
-    if sum(m.file_size for m in members) > max_bytes:
-        raise ServiceError(422, f"zip expands past {max_bytes} bytes")
-    with tempfile.TemporaryDirectory(prefix="medseg-dicom-") as folder:
-        for index, member in enumerate(members):
-            # Flat, generated names: no path from the archive ever reaches the file system.
-            with archive.open(member) as src:
-                payload = src.read(member.file_size + 1)
-            if len(payload) > member.file_size:
-                raise ServiceError(422, "zip member larger than its declared size")
-            Path(folder, f"{index:05d}.dcm").write_bytes(payload)
-        try:
-            volume = read_dicom_series(folder)
-        except (ValueError, OSError) as err:
-            raise ServiceError(422, f"cannot read DICOM series: {err}") from err
-    if volume.array.ndim != 3:
-        raise ServiceError(422, f"expected a 3D series; got shape {volume.array.shape}")
-    array_xyz = np.transpose(volume.array, (2, 1, 0))
-    _check_shape(array_xyz.shape, max_voxels)
-    return _check_values(array_xyz), nib.Nifti1Image(array_xyz, volume.affine_ras)
-
-
-def _mask_to_nifti_gz(pred_xyz: np.ndarray, image: Any) -> bytes:
-    import nibabel as nib
-
-    header = image.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1.0, 0.0)
-    mask = nib.Nifti1Image(pred_xyz.astype(np.uint8), image.affine, header)
-    return gzip.compress(mask.to_bytes(), compresslevel=6, mtime=0)
 
 
 class VolumeSegmenter:
@@ -361,9 +186,9 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
     def process(data: bytes) -> tuple[bytes, dict[str, Any]]:
         kind = sniff_format(data)
         if kind == "zip":
-            array, image = _parse_dicom_zip(data, max_voxels * 8 + 2**24, max_voxels)
+            array, image = parse_dicom_zip(data, max_voxels * 8 + 2**24, max_voxels)
         else:
-            array, image = _parse_nifti(data, max_voxels)
+            array, image = parse_nifti(data, max_voxels)
         metrics.observe_intensity(float(array.mean(dtype=np.float64)),
                                   float(array.std(dtype=np.float64)))
         if not slots.acquire(timeout=queue_timeout_s):
@@ -379,7 +204,7 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
                    "voxel_volume_ml": voxel_ml,
                    "voxels": {str(k): int(c) for k, c in enumerate(counts)},
                    "volumes_ml": {str(k): float(c) * voxel_ml for k, c in enumerate(counts)}}
-        return _mask_to_nifti_gz(pred, image), summary
+        return mask_to_nifti_gz(pred, image), summary
 
     @app.post("/v1/segment")
     async def segment(request: Request,

@@ -45,9 +45,9 @@ from medseg_helpers.deploy.export import (
     export_onnx,
     export_program,
     export_torchscript,
-    load_exported,
-    quantize_onnx_int8,
 )
+from medseg_helpers.deploy.quantize import quantize_onnx_int8
+from medseg_helpers.deploy.runtime import load_exported
 from medseg_helpers.inferers import predict_logits
 from medseg_helpers.metrics.overlap import compute_dice
 

@@ -1,0 +1,72 @@
+"""Counters of the segmentation service, rendered for Prometheus (``GET /metrics``).
+
+Requests by path and status, a latency histogram of ``/v1/segment`` (seconds) and, for
+drift monitoring, the mean and standard deviation of each input's raw intensities.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+#: Upper bounds (s) of the ``/v1/segment`` latency histogram buckets.
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_KNOWN_PATHS = ("/v1/segment", "/health", "/metrics")  # any other path counts as "other"
+
+
+class ServiceMetrics:
+    """Thread-safe counters rendered in the Prometheus text exposition format."""
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS_S) -> None:
+        self._lock = threading.Lock()
+        self.buckets = tuple(buckets)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.bucket_counts = [0] * len(self.buckets)
+        self.latency_sum, self.latency_count = 0.0, 0
+        self.intensity = {"mean": [0.0, 0, 0.0], "std": [0.0, 0, 0.0]}  # sum, count, last
+
+    def observe_request(self, path: str, status: int) -> None:
+        """Count one answered request (paths other than the service's count as "other")."""
+        path = path if path in _KNOWN_PATHS else "other"
+        with self._lock:
+            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+
+    def observe_latency(self, seconds: float) -> None:
+        """Add one ``/v1/segment`` answer time (s) to the histogram."""
+        with self._lock:
+            self.latency_sum += seconds
+            self.latency_count += 1
+            for i, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    self.bucket_counts[i] += 1
+
+    def observe_intensity(self, mean: float, std: float) -> None:
+        """Record the mean and standard deviation of one input's raw intensities."""
+        with self._lock:
+            for name, value in (("mean", mean), ("std", std)):
+                entry = self.intensity[name]
+                entry[0] += value
+                entry[1] += 1
+                entry[2] = value
+
+    def render(self) -> str:
+        """The metrics as Prometheus text (version 0.0.4)."""
+        with self._lock:
+            lines = ["# HELP medseg_requests_total HTTP requests by path and status.",
+                     "# TYPE medseg_requests_total counter"]
+            for (path, status), count in sorted(self.requests.items()):
+                lines.append(f'medseg_requests_total{{path="{path}",status="{status}"}} {count}')
+            lines += ["# HELP medseg_segment_latency_seconds /v1/segment answer time (any status).",
+                      "# TYPE medseg_segment_latency_seconds histogram"]
+            for bound, count in zip(self.buckets, self.bucket_counts, strict=True):
+                lines.append(f'medseg_segment_latency_seconds_bucket{{le="{bound}"}} {count}')
+            lines += [f'medseg_segment_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                      f"medseg_segment_latency_seconds_sum {self.latency_sum}",
+                      f"medseg_segment_latency_seconds_count {self.latency_count}"]
+            for name, (total, count, last) in self.intensity.items():
+                metric = f"medseg_input_intensity_{name}"
+                lines += [f"# HELP {metric} Per-request {name} of raw input intensities.",
+                          f"# TYPE {metric} summary", f"{metric}_sum {total}",
+                          f"{metric}_count {count}",
+                          f"# TYPE {metric}_last gauge", f"{metric}_last {last}"]
+        return "\n".join(lines) + "\n"
