@@ -49,12 +49,27 @@ def test_record_rejects_values_that_are_not_json():
         ({"val_dice": 0.9}, []),
         ({"val_dice": 0.8}, ["val_dice = 0.8, needs >= 0.85"]),
         ({}, ["val_dice missing (needs >= 0.85)"]),
-        ({"val_dice": "nan"}, ["val_dice missing (needs >= 0.85)"]),
+        ({"val_dice": None}, ["val_dice missing (needs >= 0.85)"]),  # NaN, as recorded
     ],
 )
 def test_thresholds(monkeypatch, metrics, expected):
     monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
     assert runner.check_thresholds("cpu", "05_training", metrics) == expected
+
+
+def test_a_recorded_nan_is_null_and_fails_its_threshold_as_missing(tmp_path, monkeypatch):
+    import math
+
+    import numpy as np
+
+    path = runner.record("05_training", {"val_dice": np.float64("nan"), "hd95_mm": math.inf},
+                         run_dir=tmp_path)
+    assert path.read_text(encoding="utf-8") == '{\n  "hd95_mm": null,\n  "val_dice": null\n}\n'
+    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    assert runner.check_thresholds("cpu", "05_training", metrics) == [
+        "val_dice missing (needs >= 0.85)"]
+    assert runner.threshold_checks("cpu", "05_training", metrics)[0]["value"] is None
 
 
 @pytest.mark.slow
@@ -175,6 +190,17 @@ def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_p
     assert summary["passed"] is False and summary["total_seconds"] == 65.5
     assert summary["environment"] == env
     assert summary["notebooks"]["05_training"]["checks"][0]["passed"] is True
+
+
+def test_report_writes_a_missing_metric_as_null_and_shows_it_as_n_a(tmp_path):
+    from medseg_helpers.course.report import format_value, write_report
+
+    result = runner.NotebookResult("06_evaluation", "passed", 1.0, {"hd95_mm": None})
+    md = write_report([result], "smoke", tmp_path, profile_settings={"patch": (8, 16)})
+    summary = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["notebooks"]["06_evaluation"]["metrics"] == {"hd95_mm": None}
+    assert summary["profile_settings"] == {"patch": [8, 16]}
+    assert format_value(None) == "n/a" and "| hd95_mm | n/a |" in md.read_text(encoding="utf-8")
 
 
 def test_report_says_when_a_notebook_has_no_thresholds(tmp_path):

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg_helpers.fileutil import write_text_atomic
+from medseg_helpers.fileutil import to_json_ready, write_text_atomic
 
 if TYPE_CHECKING:
     from medseg_helpers.course.runner import NotebookResult
@@ -56,15 +56,15 @@ def write_report(
     """
     out = Path(out)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    payload = {
+    payload = to_json_ready({
         "profile": profile,
         "created": created,
         "passed": all(r.ok for r in results),
         "total_seconds": round(sum(r.seconds for r in results), 1),
         "environment": dict(environment or {}),
-        "profile_settings": _jsonable(profile_settings or {}),
+        "profile_settings": dict(profile_settings or {}),
         "notebooks": {r.notebook: asdict(r) for r in results},
-    }
+    })
     write_text_atomic(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
     write_text_atomic(out / "report.html", render_html(results, payload, out))
     return write_text_atomic(out / "report.md", render_markdown(results, payload, out))
@@ -83,7 +83,10 @@ def format_summary_table(results: Sequence[NotebookResult]) -> str:
 
 
 def format_value(value: Any) -> str:
-    """Floats to 4 significant digits, anything else as ``str``."""
+    """Floats to 4 significant digits, None (a NaN recorded as ``null``) as ``n/a``, anything
+    else as ``str``."""
+    if value is None:
+        return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -109,10 +112,6 @@ def _metric_rows(result: NotebookResult) -> list[tuple[str, str, str, bool | Non
 
 def _figures(out: Path, notebook: str) -> list[Path]:
     return sorted((out / "figures").glob(f"{notebook}_*.png"))
-
-
-def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 # ---------------------------------------------------------------------------- Markdown

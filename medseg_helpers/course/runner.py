@@ -10,7 +10,6 @@ then checks the thresholds that the profile sets (`course.profiles.THRESHOLDS`) 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from medseg_helpers.course.profiles import (
     profile_defaults,
 )
 from medseg_helpers.course.report import write_report
-from medseg_helpers.fileutil import write_text_atomic
+from medseg_helpers.fileutil import to_json_ready, write_text_atomic
 from medseg_helpers.paths import DATA_DIR_ENV_VAR, RUN_DIR_ENV_VAR, get_run_dir, repo_root
 
 
@@ -54,26 +53,17 @@ def record(notebook: str, metrics: dict, run_dir: str | os.PathLike | None = Non
 
     Args:
         notebook: the notebook's stem, e.g. ``"05_training"``.
-        metrics: JSON-serialisable scalars (NumPy and torch scalars are converted).
+        metrics: JSON-serialisable scalars (NumPy and torch scalars are converted). NaN
+            and infinities are written as ``null`` (`to_json_ready`); a threshold on such a
+            metric then fails as missing.
         run_dir: defaults to `get_run_dir` (``$MEDSEG_RUN_DIR``).
+
+    Raises:
+        TypeError: a value that is not JSON-friendly (`to_json_ready`).
     """
-    clean = {key: _to_builtin(value) for key, value in metrics.items()}
+    clean = to_json_ready(dict(metrics))
     path = get_run_dir(run_dir) / "metrics" / f"{notebook}.json"
     return write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
-
-
-def _to_builtin(value):
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_to_builtin(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _to_builtin(v) for k, v in value.items()}
-    raise TypeError(f"metric value {value!r} of type {type(value).__name__} is not JSON-friendly")
 
 
 def list_notebooks(notebook_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -87,7 +77,8 @@ def threshold_checks(profile: str, notebook: str, metrics: dict) -> list[dict]:
 
     Returns:
         One dict per threshold: ``metric``, ``rule`` (e.g. ``">= 0.85"``), ``value``
-        (None when missing or not a number) and ``passed``; a missing metric fails.
+        (None when missing, ``null`` as `record` writes NaN, or not a number) and
+        ``passed``; a missing metric fails.
     """
     checks = []
     for name, (op, bound) in THRESHOLDS.get(profile, {}).get(notebook, {}).items():

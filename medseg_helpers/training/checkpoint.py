@@ -48,7 +48,9 @@ def to_plain(value: Any) -> Any:
     Tensors, None, bool, int, float and str pass through; mappings (keys and values), lists
     and tuples are converted recursively (tuples stay tuples, int keys stay int: optimiser
     state is keyed by int); ``os.PathLike`` becomes ``str``; NumPy scalars become Python
-    numbers and arrays become tensors.
+    numbers and arrays become tensors. Unlike `medseg_helpers.fileutil.to_json_ready` (for
+    JSON and YAML files) it keeps tensors, tuples, int keys, NaN and infinities, which
+    ``torch.save`` stores exactly (``best_metric`` starts at ``-inf``).
 
     Raises:
         TypeError: any other type (name and type in the message).

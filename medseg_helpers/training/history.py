@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg_helpers.fileutil import write_text_atomic
+from medseg_helpers.fileutil import to_json_ready, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +51,17 @@ def summarise_history(rows: Sequence[Mapping[str, Any]], best_epoch: int,
     }
 
 
-def _json_ready(value: Any) -> Any:
-    """Plain JSON types: NaN becomes None (null), tuples lists, paths and others strings."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-
-
 def write_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``metrics`` as indented JSON atomically (NaN as ``null``, valid strict JSON)."""
-    return write_text_atomic(path, json.dumps(_json_ready(metrics), indent=2) + "\n")
+    """Write ``metrics`` as indented JSON atomically (`to_json_ready`: NaN as ``null``)."""
+    return write_text_atomic(path, json.dumps(to_json_ready(metrics), indent=2) + "\n")
 
 
 def write_config_yaml(config: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write a config dict as YAML atomically (tuples as lists, paths as strings)."""
+    """Write a config dict as YAML atomically (`to_json_ready`: tuples as lists, paths as
+    strings, NaN as null)."""
     import yaml
 
-    return write_text_atomic(path, yaml.safe_dump(_json_ready(config), sort_keys=False))
+    return write_text_atomic(path, yaml.safe_dump(to_json_ready(config), sort_keys=False))
 
 
 def write_history_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
