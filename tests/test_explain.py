@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from medseg_helpers import explain
+from medseg_helpers import explain, viz
 from medseg_helpers.networks import UNet
 
 matplotlib.use("Agg")
@@ -52,6 +52,42 @@ def test_grad_cam_of_linear_head_is_the_relu_of_the_class_logit_by_hand():
     expected = expected / expected.flatten(1).amax(1)[:, None, None]
     assert cam.shape == (2, 6, 5)
     assert torch.allclose(cam, expected, atol=1e-5)
+
+
+def test_grad_cam_matches_pooled_gradients_and_their_relu_weighted_sum_by_hand():
+    # features: 3x3 conv + ReLU gives maps A_k; head: 3x3 conv (padding 1). The target is
+    # y = sum_{q in R} logit_c(q) with logit_c(q) = b_c + sum_{k,i,j} W[c,k,i,j] A_k(q+(i,j)-1),
+    # so dy/dA_k(p) = sum_{q in R} W[c, k, p-q+1]; alpha_k is its mean over p, and the map is
+    # ReLU(sum_k alpha_k A_k) divided by its maximum (same resolution: no upsampling).
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU())
+    head = nn.Conv2d(3, 2, 3, padding=1)
+    model = nn.Sequential(OrderedDict(features=features, head=head))
+    x = torch.randn(1, 1, 5, 6)
+    region = torch.zeros(1, 5, 6, dtype=torch.bool)
+    region[0, 1:4, 2:5] = True
+    cam = explain.grad_cam(model, x, target_class=1, region=region, layer="features")
+
+    w_feat = features[0].weight.detach().double().numpy()  # (3, 1, 3, 3)
+    b_feat = features[0].bias.detach().double().numpy()
+    w_head = head.weight.detach().double().numpy()[1]  # (3, 3, 3): class 1
+    padded = np.pad(x[0, 0].double().numpy(), 1)
+    activation = np.stack([
+        np.maximum(b_feat[k] + sum(w_feat[k, 0, i, j] * padded[i:i + 5, j:j + 6]
+                                   for i in range(3) for j in range(3)), 0.0)
+        for k in range(3)])  # (3, 5, 6)
+    grads = np.zeros_like(activation)
+    for qy, qx in np.argwhere(region[0].numpy()):
+        for i in range(3):
+            for j in range(3):
+                py, px = qy + i - 1, qx + j - 1
+                if 0 <= py < 5 and 0 <= px < 6:
+                    grads[:, py, px] += w_head[:, i, j]
+    alpha = grads.mean(axis=(1, 2))  # (3,) channel weights
+    weighted = (alpha[:, None, None] * activation).sum(0)
+    assert (weighted < 0).any() and (weighted > 0).any()  # the ReLU matters here
+    expected = np.maximum(weighted, 0.0) / weighted.max()
+    np.testing.assert_allclose(cam[0].numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(("dims", "shape"), [(2, (3, 1, 20, 24)), (3, (1, 1, 8, 12, 16))])
@@ -245,11 +281,26 @@ def test_lime_is_reproducible_per_seed_and_varies_across_seeds():
     assert not np.allclose(runs[0].weights, runs[2].weights)
 
 
-def test_lime_runs_in_3d():
-    model = UNet(3, 1, 2, base_channels=4, depth=1)
-    result = explain.lime_superpixels(model, torch.randn(1, 1, 8, 12, 12), 1, n_segments=8,
-                                      n_samples=8, region=torch.ones(8, 12, 12), seed=0)
-    assert result.map.shape == (8, 12, 12)
+def test_lime_recovers_the_contributions_of_a_linear_score_in_3d():
+    # As in 2D: with fill 0 the exact weight of superpixel s is 0.5/N * (sum of x over s).
+    image = torch.zeros(1, 1, 8, 8, 8)
+    for octant, value in enumerate(np.linspace(0.1, 0.8, 8)):
+        z, y, x = (slice(4 * bit, 4 * bit + 4) for bit in np.unravel_index(octant, (2, 2, 2)))
+        image[0, 0, z, y, x] = float(value)
+    result = explain.lime_superpixels(_LinearProbNet(), image, 1,
+                                      region=torch.ones(8, 8, 8, dtype=torch.bool),
+                                      n_segments=8, n_samples=64, fill=0.0, alpha=1e-8, seed=0)
+    volume = image[0, 0].numpy()
+    n = result.segments.max() + 1
+    assert result.segments.shape == (8, 8, 8)
+    assert all(np.ptp(volume[result.segments == s]) == 0 for s in range(n))  # within octants
+    expected = np.array([0.5 / volume.size * volume[result.segments == s].sum()
+                         for s in range(n)])
+    np.testing.assert_allclose(result.weights, expected, atol=1e-5)
+    np.testing.assert_allclose(result.map, expected[result.segments].astype(np.float32),
+                               atol=1e-5)
+    assert result.r2 == pytest.approx(1.0, abs=1e-6)
+    assert result.base_score == pytest.approx(0.25 + 0.5 * volume.mean(), abs=1e-6)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -277,7 +328,7 @@ def test_show_heatmap_draws_image_heat_and_outline():
     fig, ax = plt.subplots()
     label = np.zeros((8, 8), dtype=int)
     label[2:5, 2:5] = 1
-    shown = explain.show_heatmap(ax, np.random.default_rng(0).random((8, 8)),
+    shown = viz.show_heatmap(ax, np.random.default_rng(0).random((8, 8)),
                                  np.linspace(0, 1, 64).reshape(8, 8), label, title="t")
     assert shown.get_clim() == (0.0, 1.0) and ax.get_title() == "t"
     assert len(ax.images) == 2

@@ -1,5 +1,6 @@
 """Figures used across the course: slices with label overlays and contours, error maps,
-the slice browser, worst-case review montages and the augmentation gallery.
+attribution heat maps, the slice browser, worst-case review montages and the
+augmentation gallery.
 """
 
 from medseg_helpers.exports import lazy_exports
@@ -25,6 +26,7 @@ _EXPORTS = {
     "save_figure": "slices",
     "show_contours": "slices",
     "show_errors": "slices",
+    "show_heatmap": "slices",
     "show_slice": "slices",
     "slice_viewer": "slices",
     "split_transforms": "augment_gallery",

@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.image import AxesImage
 
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.paths import get_run_dir
@@ -175,6 +176,37 @@ def show_errors(
     show_slice(ax, image, aspect=aspect, title=title)
     ax.imshow(error_map(truth, pred, class_index), cmap=ListedColormap(ERROR_COLORS), vmin=0,
               vmax=len(ERROR_COLORS) - 1, aspect=aspect, interpolation="nearest")
+
+
+def show_heatmap(
+    ax: plt.Axes, image: np.ndarray, heat: np.ndarray, label: np.ndarray | None = None,
+    title: str | None = None, alpha: float = 0.5, cmap: str = "inferno",
+    vmin: float | None = None, vmax: float | None = None, contour: bool = True,
+) -> AxesImage:
+    """Draw a grey ``(H, W)`` image, a heat map over it (e.g. Grad-CAM, occlusion or LIME
+    from `medseg_helpers.explain`) and the label's outline.
+
+    Args:
+        image: ``(H, W)`` intensities (shown by `show_slice`).
+        heat: ``(H, W)`` map; transparent below 5 % of its range so the anatomy shows.
+        label: ``(H, W)`` integer labels drawn as outlines in `LABEL_COLORS`, or None.
+        vmin, vmax: colour range of ``heat``; default its min and max. Use a diverging
+            ``cmap`` (``"RdBu_r"``) with ``vmin=-vmax`` for signed maps.
+        contour: draw the label's outline.
+
+    Returns:
+        the heat map's ``AxesImage`` (for ``fig.colorbar``).
+    """
+    show_slice(ax, image, title=title)
+    heat = np.asarray(heat, dtype=np.float64)
+    vmin = float(heat.min()) if vmin is None else vmin
+    vmax = float(heat.max()) if vmax is None else vmax
+    faint = np.abs(heat) < 0.05 * max(abs(vmin), abs(vmax), 1e-12)
+    shown = ax.imshow(np.ma.masked_where(faint, heat), cmap=cmap, vmin=vmin, vmax=vmax,
+                      alpha=alpha, interpolation="nearest")
+    if label is not None and contour:
+        show_contours(ax, label, linewidth=1.0)
+    return shown
 
 
 def plot_orthogonal(
