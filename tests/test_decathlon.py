@@ -7,7 +7,7 @@ import json
 import pytest
 from _decathlon_helpers import image_label_pair, write_decathlon
 
-from medseg_helpers.data.decathlon import read_decathlon
+from medseg_helpers.data.decathlon import read_class_names, read_decathlon
 
 # --------------------------------------------------------------------------- read_decathlon
 
@@ -47,3 +47,34 @@ def test_read_decathlon_rejects_bad_dataset_json(tmp_path, content, error, match
         (tmp_path / "dataset.json").write_text(content)
     with pytest.raises(error, match=match):
         read_decathlon(tmp_path)
+
+
+# ------------------------------------------------------------------------ read_class_names
+
+
+def test_read_class_names_orders_names_by_label_value(tmp_path):
+    labels = {"2": "lesion", "0": "background", "1": "organ"}  # any key order
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
+    assert read_class_names(tmp_path) == ["background", "organ", "lesion"]
+
+
+def test_read_class_names_of_a_generated_dataset(dataset_dir):
+    assert read_class_names(dataset_dir) == ["background", "organ", "lesion"]
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "match"),
+    [
+        (None, FileNotFoundError, "no dataset.json"),
+        ("[1, 2", ValueError, "not valid JSON"),
+        ('{"training": []}', ValueError, "'labels' object"),
+        ('{"labels": {"zero": "bg"}}', ValueError, "'labels' keys must be integers"),
+        ('{"labels": {"0": "bg", "2": "lesion"}}', ValueError,
+         r"labels \[0, 2\] are not 0..K-1; remap them"),
+    ],
+)
+def test_read_class_names_rejects_what_cannot_name_classes(tmp_path, content, error, match):
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content)
+    with pytest.raises(error, match=match):
+        read_class_names(tmp_path)

@@ -194,8 +194,9 @@ def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
         FileNotFoundError: no config or checkpoint in ``run_dir`` (train first).
         CheckpointMismatchError: the checkpoint does not fit the configured model.
     """
+    from medseg_helpers.data.decathlon import read_class_names
     from medseg_helpers.networks import build_model
-    from medseg_helpers.training.job import _dataset_dir, _read_labels
+    from medseg_helpers.training.job import resolve_dataset_dir
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -207,8 +208,8 @@ def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
     found = [run_dir / "checkpoints" / n for n in names if (run_dir / "checkpoints" / n).is_file()]
     if not found:
         raise FileNotFoundError(f"{run_dir}/checkpoints holds neither best.pt nor last.pt")
-    dataset_dir = _dataset_dir(config)
-    class_names = _read_labels(dataset_dir)
+    dataset_dir = resolve_dataset_dir(config)
+    class_names = read_class_names(dataset_dir)
     device = torch.device(device) if device is not None else get_device()
     model = build_model(config.model, config.spatial_dims, config.in_channels, len(class_names),
                         **config.model_kwargs)

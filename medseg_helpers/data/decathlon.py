@@ -53,21 +53,11 @@ def read_decathlon(dataset_dir: PathLike) -> list[Case]:
         ValueError: ``dataset.json`` is not valid JSON or lacks ``training``/``labels``.
     """
     root = Path(dataset_dir)
-    path = root / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no dataset.json in {root}: not a Decathlon dataset folder")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    meta = meta if isinstance(meta, dict) else {}
-    training, labels = meta.get("training"), meta.get("labels")
-    if not isinstance(training, list) or not isinstance(labels, dict):
+    path, meta = _load_dataset_json(root)
+    training = meta.get("training")
+    if not isinstance(training, list):
         raise ValueError(f"{path}: needs a 'training' list and a 'labels' object (Decathlon)")
-    try:
-        label_values = tuple(sorted(int(k) for k in labels))
-    except ValueError as err:
-        raise ValueError(f"{path}: 'labels' keys must be integers; got {list(labels)}") from err
+    label_values = tuple(sorted(_labels(path, meta)))
     cases, missing = [], []
     for number, entry in enumerate(training):
         if not isinstance(entry, dict) or not {"image", "label"} <= entry.keys():
@@ -82,3 +72,50 @@ def read_decathlon(dataset_dir: PathLike) -> list[Case]:
             f"{path} lists {len(missing)} missing file(s): {', '.join(missing[:5])}"
         )
     return cases
+
+
+def read_class_names(dataset_dir: PathLike) -> list[str]:
+    """Class names in label order from ``dataset.json``'s ``"labels"``.
+
+    Args:
+        dataset_dir: the task folder holding ``dataset.json``, e.g. with
+            ``"labels": {"0": "background", "1": "organ", "2": "lesion"}``.
+
+    Returns:
+        ``K`` names, background first: ``names[v]`` names label value ``v``
+        (``["background", "organ", "lesion"]`` above).
+
+    Raises:
+        FileNotFoundError: no ``dataset.json``.
+        ValueError: not valid JSON, no ``labels`` object, keys that are not integers, or
+            values that are not ``0..K-1`` (remap them with `labels.remap_labels`).
+    """
+    path, meta = _load_dataset_json(Path(dataset_dir))
+    labels = _labels(path, meta)
+    if sorted(labels) != list(range(len(labels))):
+        raise ValueError(f"{path}: labels {sorted(labels)} are not 0..K-1; remap them "
+                         "(labels.remap_labels) before training")
+    return [labels[k] for k in range(len(labels))]
+
+
+def _load_dataset_json(root: Path) -> tuple[Path, dict]:
+    """``(path, parsed content)`` of ``root/dataset.json``; a non-object parses as ``{}``."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset.json in {root}: not a Decathlon dataset folder")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return path, meta if isinstance(meta, dict) else {}
+
+
+def _labels(path: Path, meta: dict) -> dict[int, str]:
+    """``{label value: class name}`` from the ``labels`` object of ``meta`` (read from ``path``)."""
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        raise ValueError(f"{path}: needs a 'training' list and a 'labels' object (Decathlon)")
+    try:
+        return {int(k): str(v) for k, v in labels.items()}
+    except ValueError as err:
+        raise ValueError(f"{path}: 'labels' keys must be integers; got {list(labels)}") from err

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from medseg_helpers.data.decathlon import read_class_names
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.fileutil import atomic_path
 from medseg_helpers.metrics.overlap import confusion_matrix, overlap_metrics, volume_ml
@@ -242,13 +243,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
 
 
 def _dataset_labels(truth_dir: Path) -> list[str] | None:
-    import json
-
-    for candidate in (truth_dir / "dataset.json", truth_dir.parent / "dataset.json"):
-        if candidate.is_file():
-            labels = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
-            if labels:
-                return [labels[k] for k in sorted(labels, key=int)]
+    """Class names of the ``dataset.json`` in ``truth_dir`` or its parent (None: neither, or
+    it declares no labels)."""
+    for folder in (truth_dir, truth_dir.parent):
+        if (folder / "dataset.json").is_file():
+            return read_class_names(folder) or None
     return None
 
 

@@ -50,6 +50,7 @@ _EXPORTS = {
     "poly_factor": "schedules",
     "preserve_rng": "checkpoint",
     "pretrain_inpainting": "pretraining",
+    "resolve_dataset_dir": "job",
     "restore_rng_state": "checkpoint",
     "save_checkpoint": "checkpoint",
     "step_factor": "schedules",

@@ -19,7 +19,6 @@ call. It glues the other modules together and holds no training logic of its own
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,7 +97,14 @@ def default_run_dir(config: TrainConfig) -> Path:
     return get_run_dir() / f"train-{config.profile}-{config.model}-{config.spatial_dims}d"
 
 
-def _dataset_dir(config: TrainConfig) -> Path:
+def resolve_dataset_dir(config: TrainConfig) -> Path:
+    """The Decathlon-layout folder ``config`` trains on, made ready on disk.
+
+    ``config.data_dir`` when set; else the profile's synthetic dataset (generated if
+    missing, `course.data.ensure_synthetic_dataset`) for ``dataset="synthetic"``; else the
+    Decathlon task ``config.dataset`` (downloaded if missing, `data_download.download_task`).
+    Its class names: `medseg_helpers.data.decathlon.read_class_names`.
+    """
     if config.data_dir:
         return Path(config.data_dir)
     if config.dataset == "synthetic":
@@ -108,16 +114,6 @@ def _dataset_dir(config: TrainConfig) -> Path:
     from data_download import download_task
 
     return download_task(config.dataset)
-
-
-def _read_labels(dataset_dir: Path) -> list[str]:
-    """Class names in label order from ``dataset.json`` (``{"0": "background", ...}``)."""
-    meta = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
-    labels = {int(k): str(v) for k, v in meta["labels"].items()}
-    if sorted(labels) != list(range(len(labels))):
-        raise ValueError(f"{dataset_dir}/dataset.json: labels {sorted(labels)} are not 0..K-1; "
-                         "remap them (labels.remap_labels) before training")
-    return [labels[k] for k in range(len(labels))]
 
 
 class CachedVolumeDataset(Dataset):
@@ -198,12 +194,12 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
             disagree with the dataset, or ``spatial_dims=3`` without ``patch_size``.
     """
     from medseg_helpers.data.datasets import SliceDataset
-    from medseg_helpers.data.decathlon import read_decathlon
+    from medseg_helpers.data.decathlon import read_class_names, read_decathlon
     from medseg_helpers.data.patch_dataset import PatchDataset3D
 
     info = info or distributed.get_dist_info()
-    dataset_dir = _dataset_dir(config)
-    names = _read_labels(dataset_dir)
+    dataset_dir = resolve_dataset_dir(config)
+    names = read_class_names(dataset_dir)
     if config.out_channels is not None and config.out_channels != len(names):
         raise ValueError(f"out_channels={config.out_channels} but {dataset_dir.name} has "
                          f"{len(names)} classes {names}")

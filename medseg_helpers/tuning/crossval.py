@@ -39,10 +39,11 @@ __all__ = ["cross_validate", "development_folds", "evaluate_run", "outer_split"]
 
 
 def _cache_and_classes(config: TrainConfig) -> tuple[Any, int]:
-    from medseg_helpers.training.job import _dataset_dir, _read_labels, open_slice_cache
+    from medseg_helpers.data.decathlon import read_class_names
+    from medseg_helpers.training.job import open_slice_cache, resolve_dataset_dir
 
-    dataset_dir = _dataset_dir(config)
-    return open_slice_cache(dataset_dir), len(_read_labels(dataset_dir))
+    dataset_dir = resolve_dataset_dir(config)
+    return open_slice_cache(dataset_dir), len(read_class_names(dataset_dir))
 
 
 def outer_split(config: TrainConfig) -> PatientSplit:

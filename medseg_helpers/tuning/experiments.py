@@ -180,14 +180,14 @@ class Experiment:
 
     def __init__(self, config: TrainConfig, work_dir: str | os.PathLike,
                  train_steps: int | None = None, val_points: int = 10) -> None:
-        from medseg_helpers.data.decathlon import read_decathlon
-        from medseg_helpers.training.job import _dataset_dir, _read_labels
+        from medseg_helpers.data.decathlon import read_class_names, read_decathlon
+        from medseg_helpers.training.job import resolve_dataset_dir
 
         self.config = config.updated(progress=False, tensorboard=False, resume=False)
         self.work_dir, self.train_steps = Path(work_dir), train_steps
         self.val_points = val_points
-        self.dataset_dir = _dataset_dir(self.config)
-        self.class_names = _read_labels(self.dataset_dir)
+        self.dataset_dir = resolve_dataset_dir(self.config)
+        self.class_names = read_class_names(self.dataset_dir)
         ids = [case.patient_id for case in read_decathlon(self.dataset_dir)]
         self.split: PatientSplit = split_patients(
             ids, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
