@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -284,6 +285,35 @@ def test_config_from_profile_with_overrides_round_trips_through_yaml(tmp_path: P
 def test_config_rejects_mistakes(overrides: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_profile("smoke", **overrides)
+
+
+def test_config_from_yaml_coerces_what_pyyaml_reads_as_strings(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads 1e-3 without a dot as the string '1e-3'
+    (tmp_path / "run.yaml").write_text("lr: 1e-3\nweight_decay: 1e-5\nmax_epochs: '4'\n"
+                                       "spatial_dims: 3\npatch_size: [8, 16, 16]\n"
+                                       "grad_clip_norm: 1\ndata_dir: null\n")
+    config = TrainConfig.from_yaml(tmp_path / "run.yaml")
+    assert (config.lr, config.weight_decay, config.max_epochs) == (0.001, 1e-05, 4)
+    assert type(config.lr) is float and type(config.max_epochs) is int
+    assert config.patch_size == (8, 16, 16) and config.grad_clip_norm == 1.0
+    assert type(config.grad_clip_norm) is float and config.data_dir is None
+    assert TrainConfig(run_dir=tmp_path).run_dir == str(tmp_path)  # paths become strings
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"lr": "abc"}, "lr: expected a number, got 'abc'"),
+    ({"lr": True}, "lr: expected a number, got True"),
+    ({"max_epochs": 2.5}, "max_epochs: expected an integer, got 2.5"),
+    ({"max_epochs": "ten"}, "max_epochs: expected an integer, got 'ten'"),
+    ({"amp": "yes"}, "amp: expected true or false, got 'yes'"),
+    ({"model": 3}, "model: expected a string, got 3"),
+    ({"patch_size": [8, "x", 8]}, "patch_size: expected a list of integers, got [8, 'x', 8]"),
+    ({"model_kwargs": [1]}, "model_kwargs: expected a mapping, got [1]"),
+])
+def test_config_names_the_field_whose_value_has_the_wrong_type(values: dict,
+                                                               message: str) -> None:
+    with pytest.raises(ValueError, match=f"^invalid TrainConfig: {re.escape(message)}$"):
+        TrainConfig.from_dict(values)
 
 
 @pytest.mark.slow

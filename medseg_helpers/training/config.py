@@ -9,13 +9,20 @@ papermill parameter, a CLI flag) and the result round-trips through YAML::
     assert TrainConfig.from_yaml("run.yaml") == config
 
 Unknown keys are errors (with the closest valid name), so a misspelt override never
-silently falls back to a default.
+silently falls back to a default. Values are coerced to the field's type, so YAML that
+PyYAML reads as a string still works (``lr: 1e-3`` becomes ``0.001``) and a value that
+cannot be one is a ``ValueError`` naming the field (``lr: expected a number, got 'abc'``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import numbers
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -115,15 +122,15 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        for name in _TUPLE_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, tuple(int(v) for v in value))
-        for name in ("data_dir", "run_dir"):
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                setattr(self, name, os.fspath(value))
         problems = []
+        types = _field_types()
+        for item in fields(self):
+            try:
+                setattr(self, item.name, _coerce(getattr(self, item.name), types[item.name]))
+            except ValueError as err:
+                problems.append(f"{item.name}: {err}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
         if self.spatial_dims not in (2, 3):
             problems.append(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.optimizer not in OPTIMIZERS:
@@ -197,6 +204,66 @@ class TrainConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
         _check_keys(changes)
         return replace(self, **changes)
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """``{field name: resolved type}`` of `TrainConfig` (its annotations are strings)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint`` (a `TrainConfig` annotation); ``ValueError`` if it is not one.
+
+    ``X | None`` keeps None; ``float`` takes numbers and numeric strings (``"1e-3"``);
+    ``int`` takes whole numbers and integer strings; ``bool`` only booleans; ``str`` strings
+    and paths; ``tuple[int, ...]`` a list or tuple of integers; ``dict`` a mapping.
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        (hint,) = (a for a in args if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    if hint is Any:
+        return value
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true or false, got {value!r}")
+    if origin is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+                and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value.strip())
+        raise ValueError(f"expected an integer, got {value!r}")
+    if origin is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return float(value.strip())
+        raise ValueError(f"expected a number, got {value!r}")
+    if origin is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_coerce(v, int) for v in value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a list of integers, got {value!r}")
+    if origin is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ValueError(f"expected a mapping, got {value!r}")
+    raise TypeError(f"no coercion for the annotation {hint!r}")
 
 
 def _check_keys(values: dict[str, Any]) -> None:
