@@ -1,10 +1,11 @@
 """Whole-volume inference for 2D and 3D models: `predict_logits`, `predict_probabilities`.
 
 A 2D model sees a volume slice by slice (`SliceBySliceInferer`); a 3D model sees it whole
-when it fits in ``roi_size`` and by Gaussian-blended sliding window otherwise (MONAI's
-``sliding_window_inference``). Both take one preprocessed volume ``(C, D, H, W)`` and
-return ``(K, D, H, W)`` logits, so evaluation, export checks, explainability and the
-service share one code path.
+when it fits in ``roi_size`` and by Gaussian-blended sliding window otherwise
+(`SlidingWindowInferer`, MONAI's ``sliding_window_inference``). `predict_logits` takes one
+preprocessed volume ``(C, D, H, W)`` and returns ``(K, D, H, W)`` logits, so evaluation,
+export checks, explainability and the service share one code path; the inferers work on
+batches, as the Trainer's validation does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["SliceBySliceInferer", "predict_logits", "predict_probabilities"]
+__all__ = ["SliceBySliceInferer", "SlidingWindowInferer", "predict_logits",
+           "predict_probabilities"]
 
 
 class SliceBySliceInferer:
@@ -34,6 +36,28 @@ class SliceBySliceInferer:
         slices = image.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
         logits = torch.cat([model(chunk) for chunk in slices.split(self.batch_size)])
         return logits.reshape(b, d, -1, h, w).permute(0, 2, 1, 3, 4)
+
+
+class SlidingWindowInferer:
+    """Run a model on whole images that fit in ``roi_size``, by sliding window otherwise.
+
+    ``(B, C, *S)`` -> ``(B, K, *S)``: when every spatial size is at most ``roi_size``, one
+    forward pass; otherwise MONAI's ``sliding_window_inference`` over windows of
+    ``roi_size`` (``batch_size`` windows per pass, neighbours overlapping by ``overlap``,
+    Gaussian-blended). Use as ``Trainer(val_inferer=SlidingWindowInferer((96, 96, 96)))``.
+    """
+
+    def __init__(self, roi_size: Sequence[int], batch_size: int = 4,
+                 overlap: float = 0.25) -> None:
+        self.roi_size, self.batch_size, self.overlap = tuple(roi_size), batch_size, overlap
+
+    def __call__(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if all(s <= r for s, r in zip(image.shape[2:], self.roi_size, strict=True)):
+            return model(image)
+        from monai.inferers import sliding_window_inference
+
+        return sliding_window_inference(image, self.roi_size, self.batch_size, model,
+                                        overlap=self.overlap, mode="gaussian")
 
 
 @torch.no_grad()
@@ -65,13 +89,10 @@ def predict_logits(model: nn.Module, image: torch.Tensor, spatial_dims: int, *,
     batch = image[None].to(device=device, dtype=torch.float32)
     if spatial_dims == 2:
         logits = SliceBySliceInferer(batch_size)(model, batch)
-    elif roi_size is None or all(s <= r for s, r in zip(batch.shape[2:], roi_size, strict=True)):
+    elif roi_size is None:
         logits = model(batch)
     else:
-        from monai.inferers import sliding_window_inference
-
-        logits = sliding_window_inference(batch, tuple(roi_size), batch_size, model,
-                                          overlap=overlap, mode="gaussian")
+        logits = SlidingWindowInferer(roi_size, batch_size, overlap)(model, batch)
     return logits[0].float().cpu()
 
 

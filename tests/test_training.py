@@ -9,11 +9,20 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from _training_helpers import DiscDataset, TinyNet, ce_loss, flat_params, make_loaders
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    PolynomialLR,
+    SequentialLR,
+    StepLR,
+)
 from torch.utils.data import DataLoader
 
 from medseg_helpers.training.callbacks import Callback
@@ -21,6 +30,7 @@ from medseg_helpers.training.checkpoint import load_checkpoint
 from medseg_helpers.training.config import TrainConfig
 from medseg_helpers.training.data_checks import check_labels
 from medseg_helpers.training.history import plot_history
+from medseg_helpers.training.reseeding import epoch_seed
 from medseg_helpers.training.schedules import (
     build_optimizer,
     build_scheduler,
@@ -30,7 +40,7 @@ from medseg_helpers.training.schedules import (
     poly_factor,
     step_factor,
 )
-from medseg_helpers.training.trainer import Trainer, TrainingDivergedError, epoch_seed
+from medseg_helpers.training.trainer import Trainer, TrainingDivergedError
 
 HELPERS = Path(__file__).with_name("_training_helpers.py")
 
@@ -162,6 +172,35 @@ def test_lr_curve_is_what_the_scheduler_applies() -> None:
     # -> the second bad validation exceeds patience and halves the rate
     assert lr_curve("plateau", 1.0, total_steps=4, metrics=[0.5, 0.5, 0.5, 0.5],
                     plateau_patience=1) == [1.0, 1.0, 1.0, 0.5]
+
+
+def _torch_curve(make: Callable[[torch.optim.Optimizer], LRScheduler], lr: float,
+                 steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimiser steps under a torch scheduler."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler, rates = make(optimizer), []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), [
+    ("poly", {"power": 0.9}, lambda opt: PolynomialLR(opt, total_iters=40, power=0.9)),
+    ("poly", {"power": 2.0}, lambda opt: PolynomialLR(opt, total_iters=40, power=2.0)),
+    ("step", {"step_size": 7, "gamma": 0.5}, lambda opt: StepLR(opt, step_size=7, gamma=0.5)),
+    ("cosine", {}, lambda opt: CosineAnnealingLR(opt, T_max=40)),
+    ("cosine", {"min_factor": 0.1},
+     lambda opt: CosineAnnealingLR(opt, T_max=40, eta_min=0.1 * 0.3)),
+    ("cosine", {"warmup_steps": 5, "min_factor": 0.1}, lambda opt: SequentialLR(opt, [
+        LinearLR(opt, start_factor=1 / 5, end_factor=1.0, total_iters=4),
+        CosineAnnealingLR(opt, T_max=35, eta_min=0.1 * 0.3)], milestones=[5])),
+])
+def test_schedules_match_torch_lr_schedulers(name, kwargs, make) -> None:
+    # base lr 0.3, a 40-step run: every step's rate as torch's own schedulers set it
+    ours = lr_curve(name, 0.3, total_steps=40, **kwargs)
+    assert ours == pytest.approx(_torch_curve(make, 0.3, 40), rel=1e-6, abs=1e-12)
 
 
 def test_trainer_steps_the_scheduler_once_per_batch() -> None:

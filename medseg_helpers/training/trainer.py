@@ -12,14 +12,10 @@ int64 in [0, num_classes)}``; the model maps the image to logits ``(B, num_class
 the loss is any ``loss_fn(logits, label) -> scalar``.
 
 Reproducibility and exact resume: the checkpoint stores every RNG state (`capture_rng_state`)
-besides model, optimiser, scheduler and scaler. A DataLoader draws its shuffling seed from
-the global torch RNG unless it has its own ``generator``; the Trainer re-seeds such
-generators and the dataset's augmentation (``dataset.reseed``) at each epoch from
-``(seed, epoch, rank)`` (`epoch_seed`) and calls ``set_epoch(epoch)`` on samplers and
-datasets that have it (``DistributedSampler``, `SliceDataset`), so a run interrupted after
+besides model, optimiser, scheduler and scaler, and each epoch's data is seeded from
+``(seed, epoch, rank)`` (`medseg_helpers.training.reseeding`), so a run interrupted after
 epoch ``k`` and resumed from ``last.pt`` replays epochs ``k+1...`` exactly: on CPU,
-bit-identical weights (tested). Not covered: augmentation inside *persistent* DataLoader
-workers (their streams restart on resume) and non-deterministic GPU kernels.
+bit-identical weights (tested). Validation is `medseg_helpers.training.validation`.
 
 Mixed precision (``torch.autocast`` + ``GradScaler``) is used only on CUDA; on CPU it is off.
 The run directory holds ``config.yaml``, ``history.csv``, ``checkpoints/{last,best}.pt``,
@@ -29,7 +25,6 @@ The run directory holds ``config.yaml``, ``history.csv``, ``checkpoints/{last,be
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -38,7 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -46,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medseg_helpers.device import get_device
-from medseg_helpers.metrics.overlap import DiceAccumulator
+from medseg_helpers.inferers import SlidingWindowInferer
 from medseg_helpers.training import distributed
 from medseg_helpers.training.callbacks import Callback
 from medseg_helpers.training.checkpoint import (
@@ -66,20 +60,16 @@ from medseg_helpers.training.history import (
     write_config_yaml,
     write_metrics_json,
 )
+from medseg_helpers.training.reseeding import epoch_seed, seed_epoch
+from medseg_helpers.training.validation import amp_autocast, validate_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainingDivergedError", "epoch_seed"]
+__all__ = ["Trainer", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the weights of the failing step were not updated."""
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A well-mixed 63-bit seed for ``(seed, epoch, rank)``, used to re-seed data each epoch."""
-    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))
 
 
 class Trainer:
@@ -156,8 +146,8 @@ class Trainer:
         self.patience, self.min_delta, self.grad_clip_norm = patience, min_delta, grad_clip_norm
         self.use_amp = amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.sw_roi_size = tuple(sw_roi_size) if sw_roi_size else None
-        self.sw_batch_size, self.sw_overlap = sw_batch_size, sw_overlap
+        if val_inferer is None and sw_roi_size:
+            val_inferer = SlidingWindowInferer(sw_roi_size, sw_batch_size, sw_overlap)
         self.val_inferer = val_inferer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = dict(config or {})
@@ -230,7 +220,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         start = time.perf_counter()
-        self._set_epoch(self.train_loader, epoch)
+        seed_epoch(self.train_loader, epoch_seed(self.seed, epoch, self.dist.rank), epoch)
         logs: dict[str, Any] = {"epoch": epoch, "lr": math.nan,
                                 "train_loss": self.train_epoch(epoch)}
         logs["lr"] = self._last_lr
@@ -286,7 +276,7 @@ class Trainer:
         label = batch["label"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            with self._autocast():
+            with amp_autocast(self.use_amp):
                 loss = self.loss_fn(self.model(image), label)
             value = float(loss.detach())
             self._check_finite(value, epoch)
@@ -331,81 +321,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss and Dice over ``val_loader``: argmax prediction, `compute_dice` per case
-        and class (``empty="nan"``: a class absent from prediction and target is skipped, a
-        false positive on a target without the class counts 0).
-
-        Returns:
-            ``{"val_loss", "val_dice" (mean over foreground classes), "dice_<class>"...}``,
-            summed over ranks under DDP.
-        """
-        model = unwrap_model(self.model)  # no DDP collectives during evaluation
-        model.eval()
-        dice = DiceAccumulator(self.num_classes)
-        loss_sum, count = 0.0, 0
-        for batch in tqdm(self.val_loader, desc="validation", leave=False,
-                          disable=not self.progress):
-            image = batch["image"].to(self.device, non_blocking=True)
-            label = batch["label"].to(self.device, non_blocking=True)
-            try:
-                with self._autocast():
-                    logits = self._predict(model, image)
-            except torch.cuda.OutOfMemoryError as error:
-                raise torch.cuda.OutOfMemoryError(
-                    f"out of memory validating an image of shape {tuple(image.shape)} on "
-                    f"{self.device}: set sw_roi_size to the training patch size, lower "
-                    f"sw_batch_size (now {self.sw_batch_size}) or the validation batch size. "
-                    f"Original error: {error}") from error
-            loss_sum += float(self.loss_fn(logits.float(), label))
-            count += 1
-            dice.update(logits.argmax(dim=1, keepdim=True), label)
-        model.train()
-        dice.sums = distributed.all_reduce_sum(dice.sums, self.device)
-        dice.counts = distributed.all_reduce_sum(dice.counts, self.device)
-        summed = distributed.all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64),
-                                            self.device)
-        mean_dice, per_class = dice.aggregate()
-        return {"val_loss": float(summed[0] / summed[1]) if summed[1] > 0 else math.nan,
-                "val_dice": mean_dice,
-                **{f"dice_{n}": d for n, d in zip(self.class_names, per_class, strict=True)}}
-
-    def _predict(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-        if self.val_inferer is not None:
-            return self.val_inferer(model, image)
-        roi = self.sw_roi_size
-        if roi is None or all(s <= r for s, r in zip(image.shape[2:], roi, strict=True)):
-            return model(image)
-        from monai.inferers import sliding_window_inference
-
-        return sliding_window_inference(image, roi, self.sw_batch_size, model,
-                                        overlap=self.sw_overlap, mode="gaussian")
+        """Mean loss and Dice over ``val_loader`` (`validate_model`; summed over ranks under
+        DDP): ``{"val_loss", "val_dice" (mean over foreground classes), "dice_<class>"...}``."""
+        return validate_model(unwrap_model(self.model),  # no DDP collectives in evaluation
+                              self.val_loader, self.loss_fn, self.num_classes,
+                              self.class_names, self.device,
+                              inferer=self.val_inferer, amp=self.use_amp,
+                              progress=self.progress)
 
     # ----------------------------------------------------------- helpers, state
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def _set_epoch(self, loader: DataLoader, epoch: int) -> None:
-        """Make epoch ``epoch``'s data a function of ``(seed, epoch, rank)`` where possible.
-
-        Re-seeds the loader's and sampler's ``generator`` (shuffling, worker seeds), calls
-        ``dataset.reseed`` (augmentation in the main process, i.e. ``num_workers=0``) and
-        ``set_epoch`` of sampler and dataset. Persistent workers keep their own augmentation
-        streams, so with them a resumed run differs in augmentation only.
-        """
-        seed = epoch_seed(self.seed, epoch, self.dist.rank)
-        sampler, dataset = getattr(loader, "sampler", None), getattr(loader, "dataset", None)
-        for owner in (loader, sampler):
-            generator = getattr(owner, "generator", None)
-            if isinstance(generator, torch.Generator):
-                generator.manual_seed(seed)
-        if callable(getattr(dataset, "reseed", None)):
-            dataset.reseed(seed % 2**32)
-        for owner in (sampler, dataset):
-            if callable(getattr(owner, "set_epoch", None)):
-                owner.set_epoch(epoch)
-
     def _patience_exhausted(self) -> bool:
         """Decided only right after a validation: with ``val_every > patience`` the run
         still reaches its next validation instead of stopping blind in between."""
