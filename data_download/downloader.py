@@ -377,7 +377,7 @@ def download_task(
         UnsafeArchiveError: the archive tries to write outside the task folder.
     """
     entry = _as_manifest(manifest).task(task)
-    root = get_data_dir(data_dir)
+    root = get_data_dir(data_dir, create=True)  # disk space is measured on it
     folder = root / entry.name
     if _is_complete(folder, entry):
         return folder

@@ -6,6 +6,8 @@ pipelines must not trigger albumentations' "argument ignored" or deprecation war
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,13 @@ def test_2d_rejects_mismatched_shapes_and_unknown_keys():
         pipeline(image=image, mask=mask[:32])
     with pytest.raises(ValueError, match="weight"):  # strict=True: no silently ignored keys
         pipeline(image=image, mask=mask, weight=mask)
+
+
+def test_update_check_is_skipped_unless_the_user_chose_otherwise(monkeypatch):
+    monkeypatch.delenv("NO_ALBUMENTATIONS_UPDATE", raising=False)
+    aug.skip_albumentations_update_check()
+    assert aug.ALBUMENTATIONS_UPDATE_ENV_VAR == "NO_ALBUMENTATIONS_UPDATE"
+    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
+    monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "0")  # the user's choice is kept
+    aug.skip_albumentations_update_check()
+    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "0"

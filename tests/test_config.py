@@ -35,12 +35,17 @@ def test_profiles_grow_from_smoke_to_gpu():
     assert gpu.dataset.startswith("Task") and gpu.download
 
 
-def test_data_and_run_dirs_follow_environment_and_are_created(monkeypatch, tmp_path):
+def test_data_and_run_dirs_follow_environment_and_are_created_only_on_request(monkeypatch,
+                                                                              tmp_path):
     monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("MEDSEG_RUN_DIR", str(tmp_path / "r"))
-    assert get_data_dir() == tmp_path / "d" and (tmp_path / "d").is_dir()
-    assert get_run_dir() == tmp_path / "r" and (tmp_path / "r").is_dir()
-    assert get_run_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert get_data_dir() == tmp_path / "d" and get_run_dir() == tmp_path / "r"
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()  # a getter
+    assert get_data_dir(create=True) == tmp_path / "d" and (tmp_path / "d").is_dir()
+    assert get_run_dir(create=True) == tmp_path / "r" and (tmp_path / "r").is_dir()
+    explicit = tmp_path / "explicit" / "nested"
+    assert get_run_dir(explicit) == explicit and not explicit.exists()
+    assert get_run_dir(explicit, create=True) == explicit and explicit.is_dir()
 
 
 def test_device_is_cpu_without_accelerators(monkeypatch):

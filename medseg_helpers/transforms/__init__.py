@@ -6,6 +6,7 @@ masks, and the controlled label noise of notebook 10.
 from medseg_helpers.exports import lazy_exports
 
 _EXPORTS = {
+    "ALBUMENTATIONS_UPDATE_ENV_VAR": "augment",
     "CropBox": "cropping",
     "IntensityJitter": "augment",
     "LabelNoise": "label_noise",
@@ -38,6 +39,7 @@ _EXPORTS = {
     "remap_labels": "labels",
     "remove_small_components": "labels",
     "resample_to_spacing": "preprocess",
+    "skip_albumentations_update_check": "augment",
     "undo_crop": "cropping",
     "undo_pad": "cropping",
 }

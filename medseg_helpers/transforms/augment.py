@@ -27,9 +27,25 @@ from typing import TYPE_CHECKING, Any, Literal
 import cv2
 import numpy as np
 
-# albumentations contacts PyPI on import unless this is set, and warns when offline;
-# setdefault keeps a value the user chose.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+#: albumentations asks PyPI for a newer version when imported unless this is "1".
+ALBUMENTATIONS_UPDATE_ENV_VAR = "NO_ALBUMENTATIONS_UPDATE"
+
+
+def skip_albumentations_update_check() -> None:
+    """Stop albumentations from contacting PyPI when it is imported.
+
+    albumentations 2.0 checks for a newer release on ``import albumentations`` (a network
+    request at every import, and a warning when offline, as on the course's machines)
+    unless ``$NO_ALBUMENTATIONS_UPDATE`` is ``1``. This sets it to ``1`` in this process
+    unless the user already set it; it only matters before the process's first import of
+    albumentations. This module calls it once, just before its own import of
+    albumentations, so code that imports albumentations after this module (the course's
+    notebooks, tests and `viz.augment_gallery`) never contacts PyPI.
+    """
+    os.environ.setdefault(ALBUMENTATIONS_UPDATE_ENV_VAR, "1")
+
+
+skip_albumentations_update_check()
 import albumentations as A  # noqa: E402
 
 if TYPE_CHECKING:
