@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import albumentations as A  # noqa: E402
 
-from medseg_helpers import augment  # noqa: E402
 from medseg_helpers.data.synthetic import make_case  # noqa: E402
+from medseg_helpers.transforms import augment  # noqa: E402
 from medseg_helpers.transforms.preprocess import normalise_minmax  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """medseg_helpers: the tested package behind the medseg course notebooks.
 
-Modules are imported explicitly (``from medseg_helpers import io``); importing the
+Modules are imported explicitly (``from medseg_helpers.data import io``); importing the
 package has no side effects (no seeding, no plotting settings, no downloads).
 """
 

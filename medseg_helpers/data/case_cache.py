@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from medseg_helpers.transforms import preprocess
 from medseg_helpers.data.decathlon import Case
 from medseg_helpers.data.io import load_image_label_pair
-from medseg_helpers.transforms.labels import check_label_values
 from medseg_helpers.data.volume import Volume
+from medseg_helpers.transforms import preprocess
+from medseg_helpers.transforms.labels import check_label_values
 
 PathLike = str | os.PathLike
 CACHE_FORMAT_VERSION = 1

@@ -22,9 +22,9 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from medseg_helpers.transforms import preprocess
 from medseg_helpers.data.io import read_volume
 from medseg_helpers.data.slice_cache import SliceCache
+from medseg_helpers.transforms import preprocess
 
 PathLike = str | os.PathLike
 

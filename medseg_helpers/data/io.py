@@ -22,9 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
-from medseg_helpers.fileutil import atomic_path
 from medseg_helpers.data.geometry import check_geometry_match
 from medseg_helpers.data.volume import Volume
+from medseg_helpers.fileutil import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medseg_helpers.transforms import cropping
 from medseg_helpers.data.case_cache import (
     build_atomically,
     cache_identity,
@@ -30,6 +29,7 @@ from medseg_helpers.data.case_cache import (
 )
 from medseg_helpers.data.datasets import reseed_transform
 from medseg_helpers.data.decathlon import Case
+from medseg_helpers.transforms import cropping
 
 PathLike = str | os.PathLike
 #: Foreground/background voxel positions kept per case for 3D patch centres.
