@@ -108,8 +108,9 @@ def test_vector_nifti_from_simpleitk_reads_channel_first(tmp_path):
 
 def test_nifti_with_a_singleton_4th_axis_reads_as_3d(tmp_path):
     # Some tools save a 3D label as (X, Y, Z, 1); SimpleITK reads it as 3D, and so do we.
-    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4, 1), np.uint8), np.eye(4)), tmp_path / "lab.nii")
-    assert io.read_volume(tmp_path / "lab.nii").array.shape == (4, 5, 6)
+    data_xyz1 = np.arange(120, dtype=np.uint8).reshape(6, 5, 4, 1)  # every voxel distinct
+    nib.save(nib.Nifti1Image(data_xyz1, np.eye(4)), tmp_path / "lab.nii")
+    np.testing.assert_array_equal(io.read_volume(tmp_path / "lab.nii").array, data_xyz1[..., 0].T)
 
 
 def test_4d_nifti_reads_channel_first_with_its_3d_geometry(tmp_path):
@@ -132,9 +133,10 @@ def test_channel_first_volume_round_trips(tmp_path, ext):
 
 
 def test_channel_first_volume_is_written_in_decathlon_layout(tmp_path):
-    volume = make_ct().with_array(np.zeros((2, 4, 5, 6), np.float32))
-    io.write_volume(volume, tmp_path / "mr.nii.gz")
-    assert nib.load(tmp_path / "mr.nii.gz").shape == (6, 5, 4, 2)  # (X, Y, Z, C)
+    array = np.arange(240, dtype=np.float32).reshape(2, 4, 5, 6)  # (C, Z, Y, X), distinct
+    io.write_volume(make_ct().with_array(array), tmp_path / "mr.nii.gz")
+    on_disk = np.asarray(nib.load(tmp_path / "mr.nii.gz").dataobj)
+    np.testing.assert_array_equal(on_disk, array.transpose(3, 2, 1, 0))  # (X, Y, Z, C)
 
 
 def test_bool_array_is_written_as_uint8(tmp_path):

@@ -7,13 +7,12 @@ focal loss computes in float32, hence its looser tolerance).
 import math
 import warnings
 
+import monai.losses as monai_losses  # a hard dependency: a broken MONAI fails these tests
 import pytest
 import torch
 import torch.nn.functional as F
 
 from medseg_helpers import losses as L
-
-monai_losses = pytest.importorskip("monai.losses")
 
 SHAPES = {"2d": (2, 3, 6, 5), "3d": (2, 3, 4, 5, 3)}
 EDGES = ["random", "empty", "all_foreground", "class_absent"]

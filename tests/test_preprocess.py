@@ -199,10 +199,15 @@ def test_label_resampling_keeps_values_and_dtype(ct_volume):
     assert set(np.unique(out.array)) == {0, 1, 2}
 
 
-def test_resample_multichannel_and_bspline():
+def test_resample_multichannel_resamples_each_channel_alone():
     volume = Volume(np.random.default_rng(0).random((2, 6, 8, 8)).astype(np.float32))
     out = pp.resample_to_spacing(volume, (0.5, 2.0, 2.0), interpolator="bspline")
     assert out.array.shape == (2, 12, 4, 4)
+    for channel in range(2):
+        alone = pp.resample_to_spacing(volume.with_array(volume.array[channel]),
+                                       (0.5, 2.0, 2.0), interpolator="bspline")
+        np.testing.assert_array_equal(out.array[channel], alone.array)
+        assert out.same_geometry(alone)
 
 
 @pytest.mark.parametrize(
