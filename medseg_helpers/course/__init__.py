@@ -33,6 +33,7 @@ _EXPORTS = {
     "get_profile_name": "profiles",
     "list_notebooks": "runner",
     "load_trained_model": "model",
+    "missing_imports": "hygiene",
     "profile_defaults": "profiles",
     "record": "runner",
     "render_html": "report",
