@@ -326,6 +326,15 @@ def test_config_rejects_mistakes(overrides: dict, match: str) -> None:
         TrainConfig.from_profile("smoke", **overrides)
 
 
+def test_config_old_out_channels_key_is_an_error_naming_num_classes(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("out_channels: 3\n")
+    with pytest.raises(ValueError, match=r"'out_channels' \(did you mean 'num_classes'"):
+        TrainConfig.from_yaml(tmp_path / "run.yaml")
+    with pytest.raises(ValueError, match=r"'out_channels' \(did you mean 'num_classes'"):
+        TrainConfig().updated(out_channels=3)
+    assert TrainConfig.from_dict({"num_classes": 3}).num_classes == 3
+
+
 def test_config_from_yaml_coerces_what_pyyaml_reads_as_strings(tmp_path: Path) -> None:
     # PyYAML (YAML 1.1) reads 1e-3 without a dot as the string '1e-3'
     (tmp_path / "run.yaml").write_text("lr: 1e-3\nweight_decay: 1e-5\nmax_epochs: '4'\n"

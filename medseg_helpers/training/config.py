@@ -35,7 +35,7 @@ __all__ = ["TrainConfig"]
 
 _TUPLE_FIELDS = ("patch_size", "sw_roi_size")
 _COMMON_MISTAKES = {"learning_rate": "lr", "epochs": "max_epochs", "optimiser": "optimizer",
-                    "num_classes": "out_channels", "clip": "grad_clip_norm"}
+                    "out_channels": "num_classes", "clip": "grad_clip_norm"}
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainConfig:
         model_kwargs: constructor overrides, e.g. ``{"base_channels": 16}``.
         spatial_dims: 2 (slices, ``(B, C, H, W)``) or 3 (patches, ``(B, C, D, H, W)``).
         in_channels: image channels.
-        out_channels: classes including background; None: from the dataset's labels.
+        num_classes: classes including background; None: from the dataset's labels.
         loss: loss name (``"dice_ce"``, ``"dice"``, ``"ce"``, ``"focal"``, ``"tversky"``).
         loss_kwargs: keyword arguments for the loss.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
@@ -86,7 +86,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     spatial_dims: int = 2
     in_channels: int = 1
-    out_channels: int | None = None
+    num_classes: int | None = None
     loss: str = "dice_ce"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adamw"

@@ -37,7 +37,7 @@ def check_labels(loader: Iterable[Mapping[str, torch.Tensor]], num_classes: int,
         if unexpected:
             raise ValueError(f"batch {seen}: label values {unexpected} outside [0, {num_classes})"
                              f" (values seen: {values[:10]}); remap the labels or set "
-                             "out_channels/num_classes to the number of classes")
+                             "num_classes to the number of classes")
         if not torch.isfinite(image).all():
             raise ValueError(f"batch {seen}: the image has NaN or infinite values")
         if max(values) > 0:

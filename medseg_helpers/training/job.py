@@ -190,7 +190,7 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
         split: explicit patients (cross-validation folds); None: `patient_split`.
 
     Raises:
-        ValueError: labels that are not ``0..K-1``, ``out_channels``/``in_channels`` that
+        ValueError: labels that are not ``0..K-1``, ``num_classes``/``in_channels`` that
             disagree with the dataset, or ``spatial_dims=3`` without ``patch_size``.
     """
     from medseg_helpers.data.datasets import SliceDataset
@@ -200,8 +200,8 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
     info = info or distributed.get_dist_info()
     dataset_dir = resolve_dataset_dir(config)
     names = read_class_names(dataset_dir)
-    if config.out_channels is not None and config.out_channels != len(names):
-        raise ValueError(f"out_channels={config.out_channels} but {dataset_dir.name} has "
+    if config.num_classes is not None and config.num_classes != len(names):
+        raise ValueError(f"num_classes={config.num_classes} but {dataset_dir.name} has "
                          f"{len(names)} classes {names}")
     cache = open_slice_cache(dataset_dir)  # also the 3D validation volumes
     cases = read_decathlon(dataset_dir)
