@@ -7,7 +7,7 @@ Shapes (2D shown; 3D adds ``D`` before ``H``, array order Z, Y, X):
   they become probabilities: ``"softmax"`` over ``C`` mutually exclusive classes (background
   is channel 0), ``"sigmoid"`` per channel (binary or multi-label), or ``"none"`` when they
   already are probabilities in [0, 1] (Dice and Tversky only).
-- ``target``: either integer labels ``(B, 1, H, W)`` with values in ``[0, C)`` (any dtype
+- ``truth``: either integer labels ``(B, 1, H, W)`` with values in ``[0, C)`` (any dtype
   holding whole numbers), or one-hot / multi-hot ``(B, C, H, W)`` in [0, 1]. With ``C == 1``
   both readings coincide: a binary mask of the foreground.
 
@@ -15,7 +15,7 @@ Conventions (stated because libraries differ):
 
 - Smoothing: the Dice score of a class is ``(2 TP + smooth_nr) / (sum p + sum g + smooth_dr)``
   with TP = ``sum p*g`` summed over the spatial axes (and the batch when ``batch=True``). With
-  the default equal smoothing (1e-5), a class absent from both target and prediction scores
+  the default equal smoothing (1e-5), a class absent from both truth and prediction scores
   1 (loss 0), while a false-positive-only class scores about 0; with ``smooth_nr=0`` an absent
   class scores 0 and gives no gradient. Soft predictions are never exactly zero, so an absent
   class's loss is small but positive and pushes its probabilities down.
@@ -23,9 +23,9 @@ Conventions (stated because libraries differ):
   ``batch=False``); ``batch=True`` sums TP and sizes over the whole batch first, so a slice
   without the class does not count as a perfect score.
 - Weighted cross-entropy's mean divides by the summed weights of the true classes (as
-  ``torch.nn.CrossEntropyLoss`` with class indices), for label and one-hot targets alike.
+  ``torch.nn.CrossEntropyLoss`` with class indices), for integer and one-hot truth alike.
   (MONAI's ``DiceCELoss`` passes one-hot targets to torch as probabilities, whose mean divides
-  by the voxel count instead, so with weights it disagrees with itself across target formats.)
+  by the voxel count instead, so with weights it disagrees with itself across truth formats.)
 - Softmax focal loss sums over classes per voxel, so with ``gamma=0`` and no ``alpha`` it
   equals cross-entropy; ``include_background=False`` still normalises over all classes and
   drops the background *term*. MONAI averages over classes too and, without background,
@@ -48,29 +48,29 @@ Reduction = Literal["mean", "sum", "none"]
 Weight = Sequence[float] | torch.Tensor | None
 
 __all__ = ["CrossEntropyLoss", "DiceCELoss", "DiceLoss", "FocalLoss", "TverskyLoss",
-           "cross_entropy_loss", "dice_ce_loss", "dice_loss", "focal_loss", "one_hot_target",
+           "cross_entropy_loss", "dice_ce_loss", "dice_loss", "focal_loss", "one_hot_truth",
            "tversky_loss"]
 
 
-def one_hot_target(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Return ``target`` as a float one-hot tensor with the shape of ``logits``.
+def one_hot_truth(truth: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Return ``truth`` as a float one-hot tensor with the shape of ``logits``.
 
     Args:
-        target: labels ``(B, 1, *S)`` in ``[0, C)`` or one-hot ``(B, C, *S)``.
+        truth: labels ``(B, 1, *S)`` in ``[0, C)`` or one-hot ``(B, C, *S)``.
         logits: ``(B, C, *S)``, gives ``C``, the shape, dtype and device.
 
     Raises:
         ValueError: if the shapes do not match (the message names both) or a label is
             outside ``[0, C)``.
     """
-    if target.shape == logits.shape:
-        return target.to(logits.dtype)
+    if truth.shape == logits.shape:
+        return truth.to(logits.dtype)
     num_classes = logits.shape[1]
-    if target.ndim != logits.ndim or target.shape[1] != 1 or target.shape[2:] != logits.shape[2:] \
-            or target.shape[0] != logits.shape[0]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not fit logits "
+    if truth.ndim != logits.ndim or truth.shape[1] != 1 or truth.shape[2:] != logits.shape[2:] \
+            or truth.shape[0] != logits.shape[0]:
+        raise ValueError(f"truth shape {tuple(truth.shape)} does not fit logits "
                          f"{tuple(logits.shape)}: expected labels (B, 1, *S) or one-hot (B, C, *S)")
-    labels = target[:, 0].long()
+    labels = truth[:, 0].long()
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} channels, "
                          f"got range [{int(labels.min())}, {int(labels.max())}]")
@@ -117,18 +117,18 @@ def _class_weight(weight: Weight, like: torch.Tensor, num_classes: int) -> torch
     return w
 
 
-def _overlap(logits: torch.Tensor, target: torch.Tensor, activation: Activation,
+def _overlap(logits: torch.Tensor, truth: torch.Tensor, activation: Activation,
              include_background: bool, batch: bool) -> tuple[torch.Tensor, ...]:
     """Soft TP, FP, FN per (sample, class), or per class with ``batch=True``."""
     probs = _activate(logits, activation)
-    onehot = one_hot_target(target, logits)
+    onehot = one_hot_truth(truth, logits)
     probs, onehot = _drop_background(probs, onehot, include_background=include_background)
     dims = ([0] if batch else []) + list(range(2, logits.ndim))
     tp = (probs * onehot).sum(dims)
     return tp, (probs * (1 - onehot)).sum(dims), ((1 - probs) * onehot).sum(dims)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, activation: Activation = "softmax",
+def dice_loss(logits: torch.Tensor, truth: torch.Tensor, *, activation: Activation = "softmax",
               include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
               smooth_dr: float = 1e-5, weight: Weight = None,
               reduction: Reduction = "mean") -> torch.Tensor:
@@ -139,7 +139,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, activation: Activat
 
     Args:
         logits: ``(B, C, *S)`` float.
-        target: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)``.
+        truth: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)``.
         activation: ``"softmax"``, ``"sigmoid"`` or ``"none"`` (``logits`` are probabilities).
         include_background: False drops channel 0 (unless ``C == 1``).
         batch: sum over the batch before dividing (one score per class) instead of per sample.
@@ -152,13 +152,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, activation: Activat
     Returns:
         The loss, in [0, 1] per class before weighting.
     """
-    tp, fp, fn = _overlap(logits, target, activation, include_background, batch)
+    tp, fp, fn = _overlap(logits, truth, activation, include_background, batch)
     loss = 1 - (2 * tp + smooth_nr) / (2 * tp + fp + fn + smooth_dr)
     w = _class_weight(weight, loss, loss.shape[-1])
     return _reduce(loss if w is None else loss * w, reduction)
 
 
-def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0.5,
+def tversky_loss(logits: torch.Tensor, truth: torch.Tensor, *, alpha: float = 0.5,
                  beta: float = 0.5, activation: Activation = "softmax",
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, reduction: Reduction = "mean") -> torch.Tensor:
@@ -169,12 +169,12 @@ def tversky_loss(logits: torch.Tensor, target: torch.Tensor, *, alpha: float = 0
     false negatives; ``beta > alpha`` (e.g. 0.3/0.7) favours recall of small lesions, and
     ``alpha = beta = 0.5`` is the Dice loss. Other arguments as in `dice_loss`.
     """
-    tp, fp, fn = _overlap(logits, target, activation, include_background, batch)
+    tp, fp, fn = _overlap(logits, truth, activation, include_background, batch)
     loss = 1 - (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
     return _reduce(loss, reduction)
 
 
-def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: Weight = None,
+def cross_entropy_loss(logits: torch.Tensor, truth: torch.Tensor, *, weight: Weight = None,
                        activation: Literal["softmax", "sigmoid"] = "softmax",
                        reduction: Reduction = "mean",
                        label_smoothing: float = 0.0) -> torch.Tensor:
@@ -187,11 +187,11 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: We
 
     Args:
         logits: ``(B, C, *S)`` float, unnormalised.
-        target: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)`` (soft targets allowed).
+        truth: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)`` (soft targets allowed).
         weight: ``C`` non-negative class weights, e.g. inverse class frequencies.
         activation: ``"softmax"`` or ``"sigmoid"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        label_smoothing: ``eps`` in [0, 1): the target becomes ``(1 - eps) g + eps / C``
+        label_smoothing: ``eps`` in [0, 1): the truth becomes ``(1 - eps) g + eps / C``
             (softmax; ``eps / 2`` per channel for sigmoid), so the network is never pushed
             to infinite confidence, which limits how hard it fits wrong labels (Szegedy et
             al. 2016, "Rethinking the Inception architecture"; Müller et al. 2019, "When
@@ -201,7 +201,7 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: We
     """
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    onehot = one_hot_target(target, logits)
+    onehot = one_hot_truth(truth, logits)
     w = _class_weight(weight, logits, logits.shape[1])
     shape = (1, -1) + (1,) * (logits.ndim - 2)
     hard = onehot
@@ -221,7 +221,7 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor, *, weight: We
     return _reduce(loss, reduction)
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: float = 1.0,
+def dice_ce_loss(logits: torch.Tensor, truth: torch.Tensor, *, lambda_dice: float = 1.0,
                  lambda_ce: float = 1.0, weight: Weight = None,
                  activation: Literal["softmax", "sigmoid"] = "softmax",
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
@@ -234,7 +234,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: flo
     as in MONAI's ``DiceCELoss``. With
     ``activation="sigmoid"`` the CE term is binary per channel (MONAI uses softmax CE whenever
     ``C > 1``). ``label_smoothing`` acts on the CE term only (`cross_entropy_loss`); the
-    Dice term keeps the hard target. Other arguments as in `dice_loss`.
+    Dice term keeps the hard truth. Other arguments as in `dice_loss`.
     """
     if lambda_dice < 0 or lambda_ce < 0:
         raise ValueError(f"lambda_dice and lambda_ce must be >= 0, got {lambda_dice}, {lambda_ce}")
@@ -243,14 +243,14 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, lambda_dice: flo
         dice_weight = None
     elif weight is not None and not include_background:
         dice_weight = torch.as_tensor(weight).flatten()[1:]
-    dice = dice_loss(logits, target, activation=activation, include_background=include_background,
+    dice = dice_loss(logits, truth, activation=activation, include_background=include_background,
                      batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=dice_weight)
-    ce = cross_entropy_loss(logits, target, weight=weight, activation=activation,
+    ce = cross_entropy_loss(logits, truth, weight=weight, activation=activation,
                             label_smoothing=label_smoothing)
     return lambda_dice * dice + lambda_ce * ce
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0,
+def focal_loss(logits: torch.Tensor, truth: torch.Tensor, *, gamma: float = 2.0,
                alpha: float | Sequence[float] | None = None,
                activation: Literal["softmax", "sigmoid"] = "sigmoid",
                include_background: bool = True, reduction: Reduction = "mean") -> torch.Tensor:
@@ -262,7 +262,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
 
     Args:
         logits: ``(B, C, *S)`` float, unnormalised.
-        target: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)``.
+        truth: labels ``(B, 1, *S)`` or one-hot ``(B, C, *S)``.
         gamma: focusing exponent (2 in the paper).
         alpha: class balance. Sigmoid: scalar ``alpha`` on positives and ``1 - alpha`` on
             negatives (0.25 in the paper), or one factor per channel applied to positives.
@@ -273,7 +273,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, *, gamma: float = 2.0
         reduction: ``"mean"`` over ``(B, C', *S)`` elements for sigmoid and over ``(B, *S)``
             voxels for softmax (terms summed over classes); ``"none"`` returns those shapes.
     """
-    onehot = one_hot_target(target, logits)
+    onehot = one_hot_truth(truth, logits)
     shape = (1, -1) + (1,) * (logits.ndim - 2)
     if activation == "sigmoid":
         # log(1 - p_t) = logsigmoid(-x * (2g - 1)) is stable for large |x|; so is log p_t.
@@ -315,7 +315,7 @@ class _LossModule(nn.Module):
 
 
 class DiceLoss(_LossModule):
-    """`dice_loss` as a module; arguments as there. ``forward(logits, target)``."""
+    """`dice_loss` as a module; arguments as there. ``forward(logits, truth)``."""
 
     def __init__(self, activation: Activation = "softmax", include_background: bool = True,
                  batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
@@ -324,12 +324,12 @@ class DiceLoss(_LossModule):
                          batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
                          reduction=reduction)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_loss(logits, target, weight=self.weight, **self.kwargs)
+    def forward(self, logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return dice_loss(logits, truth, weight=self.weight, **self.kwargs)
 
 
 class TverskyLoss(_LossModule):
-    """`tversky_loss` as a module; arguments as there. ``forward(logits, target)``."""
+    """`tversky_loss` as a module; arguments as there. ``forward(logits, truth)``."""
 
     def __init__(self, alpha: float = 0.5, beta: float = 0.5, activation: Activation = "softmax",
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
@@ -338,8 +338,8 @@ class TverskyLoss(_LossModule):
                          include_background=include_background, batch=batch,
                          smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction=reduction)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return tversky_loss(logits, target, **self.kwargs)
+    def forward(self, logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return tversky_loss(logits, truth, **self.kwargs)
 
 
 class CrossEntropyLoss(_LossModule):
@@ -351,12 +351,12 @@ class CrossEntropyLoss(_LossModule):
         super().__init__(weight, activation=activation, reduction=reduction,
                          **({"label_smoothing": label_smoothing} if label_smoothing else {}))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return cross_entropy_loss(logits, target, weight=self.weight, **self.kwargs)
+    def forward(self, logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(logits, truth, weight=self.weight, **self.kwargs)
 
 
 class DiceCELoss(_LossModule):
-    """`dice_ce_loss` as a module; arguments as there. ``forward(logits, target)``."""
+    """`dice_ce_loss` as a module; arguments as there. ``forward(logits, truth)``."""
 
     def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, weight: Weight = None,
                  activation: Literal["softmax", "sigmoid"] = "softmax",
@@ -367,12 +367,12 @@ class DiceCELoss(_LossModule):
                          batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
                          **({"label_smoothing": label_smoothing} if label_smoothing else {}))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice_ce_loss(logits, target, weight=self.weight, **self.kwargs)
+    def forward(self, logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return dice_ce_loss(logits, truth, weight=self.weight, **self.kwargs)
 
 
 class FocalLoss(_LossModule):
-    """`focal_loss` as a module; arguments as there. ``forward(logits, target)``."""
+    """`focal_loss` as a module; arguments as there. ``forward(logits, truth)``."""
 
     def __init__(self, gamma: float = 2.0, alpha: float | Sequence[float] | None = None,
                  activation: Literal["softmax", "sigmoid"] = "sigmoid",
@@ -380,5 +380,5 @@ class FocalLoss(_LossModule):
         super().__init__(None, gamma=gamma, alpha=alpha, activation=activation,
                          include_background=include_background, reduction=reduction)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return focal_loss(logits, target, **self.kwargs)
+    def forward(self, logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        return focal_loss(logits, truth, **self.kwargs)

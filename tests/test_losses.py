@@ -218,10 +218,10 @@ def test_cross_entropy_on_a_hand_worked_example():
 
 
 def test_focal_on_a_hand_worked_example():
-    # logit 0 -> p = 0.5, target 1: CE = ln 2, (1 - p_t)^2 = 0.25 -> 0.17329; alpha 0.25 -> 0.04332
-    logits, target = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    assert L.focal_loss(logits, target).item() == pytest.approx(0.25 * math.log(2))
-    assert L.focal_loss(logits, target, alpha=0.25).item() == pytest.approx(0.0625 * math.log(2))
+    # logit 0 -> p = 0.5, truth 1: CE = ln 2, (1 - p_t)^2 = 0.25 -> 0.17329; alpha 0.25 -> 0.04332
+    logits, truth = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    assert L.focal_loss(logits, truth).item() == pytest.approx(0.25 * math.log(2))
+    assert L.focal_loss(logits, truth, alpha=0.25).item() == pytest.approx(0.0625 * math.log(2))
 
 
 def test_perfect_prediction_gives_zero_dice_loss_and_disjoint_gives_one():
@@ -233,7 +233,7 @@ def test_perfect_prediction_gives_zero_dice_loss_and_disjoint_gives_one():
 
 
 def test_absent_class_scores_perfect_with_default_smoothing_and_zero_without():
-    labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent from the target...
+    labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent from the truth...
     logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
     logits[:, 0] = 30.0  # ...and (almost) absent from the prediction: p1 ~ 1e-13 per voxel
     kw = {"include_background": False, "reduction": "none"}
@@ -283,14 +283,14 @@ def test_modules_equal_their_functions(module, function, kw):
     torch.testing.assert_close(module(**kw)(logits, labels), function(logits, labels, **kw))
 
 
-def test_one_hot_and_label_targets_give_the_same_dice():
+def test_one_hot_and_integer_truth_give_the_same_dice():
     logits, labels = make_case("3d", "random")
     onehot = F.one_hot(labels[:, 0], 3).movedim(-1, 1)
     torch.testing.assert_close(L.dice_loss(logits, onehot), L.dice_loss(logits, labels))
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda x, y: L.dice_loss(x, y[:, :, :3]), r"target shape \(2, 1, 3, 5\) does not fit "
+    (lambda x, y: L.dice_loss(x, y[:, :, :3]), r"truth shape \(2, 1, 3, 5\) does not fit "
                                                 r"logits \(2, 3, 6, 5\)"),
     (lambda x, y: L.dice_loss(x, y + 3), r"labels must lie in \[0, 3\)"),
     (lambda x, y: L.dice_loss(x[:, :1], y.clamp(max=1)), "softmax over a single channel"),

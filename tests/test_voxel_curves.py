@@ -28,9 +28,9 @@ def test_sampling_is_stratified_bounded_and_weighted() -> None:
     probs, label = _case()
     sample = sample_voxels(probs, label, max_per_class=100, seed=0)
     counts = np.bincount(label.ravel(), minlength=3)
-    assert np.array_equal(np.bincount(sample.labels, minlength=3), [100, 100, 18])
+    assert np.array_equal(np.bincount(sample.truth, minlength=3), [100, 100, 18])
     for c in range(3):  # the weights of a class add up to its voxel count
-        assert sample.weights[sample.labels == c].sum() == pytest.approx(counts[c])
+        assert sample.weights[sample.truth == c].sum() == pytest.approx(counts[c])
     assert sample.probs.shape == (218, 3) and sample.probs.dtype == np.float32
     again = sample_voxels(probs, label, max_per_class=100, seed=0)
     assert np.array_equal(sample.probs, again.probs)
@@ -58,7 +58,7 @@ def test_weighted_subsample_estimates_the_full_curves() -> None:
     assert curves["roc_auc"] == pytest.approx(roc_auc_score(truth, score), abs=0.01)
     assert curves["average_precision"] == pytest.approx(
         average_precision_score(truth, score), abs=0.02)
-    unweighted = average_precision_score(sample.labels == 1, sample.probs[:, 1])
+    unweighted = average_precision_score(sample.truth == 1, sample.probs[:, 1])
     assert abs(unweighted - curves["average_precision"]) > 0.02  # weights matter for PR
 
 

@@ -192,7 +192,7 @@ def _flat(array: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def error_detection_auc(uncertainty: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Tensor,
-                        label: np.ndarray | torch.Tensor,
+                        truth: np.ndarray | torch.Tensor,
                         mask: np.ndarray | torch.Tensor | None = None) -> float:
     """ROC AUC of ``uncertainty`` as a score for "this voxel is misclassified".
 
@@ -202,7 +202,7 @@ def error_detection_auc(uncertainty: np.ndarray | torch.Tensor, pred: np.ndarray
 
     Args:
         uncertainty: ``(*S)`` float map (entropy, mutual information...).
-        pred, label: ``(*S)`` integer label maps.
+        pred, truth: ``(*S)`` integer label maps (prediction and ground truth).
         mask: ``(*S)`` bool, voxels to score; None: all.
 
     Returns:
@@ -210,10 +210,10 @@ def error_detection_auc(uncertainty: np.ndarray | torch.Tensor, pred: np.ndarray
     """
     from sklearn.metrics import roc_auc_score
 
-    u, p, t = _flat(uncertainty), _flat(pred), _flat(label)
+    u, p, t = _flat(uncertainty), _flat(pred), _flat(truth)
     if not u.shape == p.shape == t.shape:
         raise ValueError(f"shapes differ: uncertainty {np.shape(uncertainty)}, pred "
-                         f"{np.shape(pred)}, label {np.shape(label)}")
+                         f"{np.shape(pred)}, truth {np.shape(truth)}")
     if mask is not None:
         keep = _flat(mask).astype(bool)
         u, p, t = u[keep], p[keep], t[keep]
@@ -224,14 +224,14 @@ def error_detection_auc(uncertainty: np.ndarray | torch.Tensor, pred: np.ndarray
 
 
 def uncertainty_error_dice(uncertainty: np.ndarray | torch.Tensor,
-                           pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor,
+                           pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
                            threshold: float) -> float:
-    """Dice between the region ``uncertainty > threshold`` and the error region ``pred != label``.
+    """Dice between the region ``uncertainty > threshold`` and the error region ``pred != truth``.
 
     Returns 1.0 when both regions are empty (nothing wrong, nothing flagged), by convention.
     """
     flagged = _flat(uncertainty) > threshold
-    errors = _flat(pred) != _flat(label)
+    errors = _flat(pred) != _flat(truth)
     if flagged.shape != errors.shape:
         raise ValueError(f"shapes differ: uncertainty {np.shape(uncertainty)}, pred "
                          f"{np.shape(pred)}")

@@ -40,12 +40,12 @@ class VoxelSample:
 
     Attributes:
         probs: ``(n, K)`` float32 class probabilities (rows sum to 1).
-        labels: ``(n,)`` int64 true class.
+        truth: ``(n,)`` int64 true class.
         weights: ``(n,)`` float64, voxels of the full volume(s) each sample stands for.
     """
 
     probs: np.ndarray
-    labels: np.ndarray
+    truth: np.ndarray
     weights: np.ndarray
 
     @property
@@ -53,13 +53,13 @@ class VoxelSample:
         return self.probs.shape[1]
 
 
-def sample_voxels(probs: np.ndarray, label: np.ndarray, max_per_class: int = 20_000,
+def sample_voxels(probs: np.ndarray, truth: np.ndarray, max_per_class: int = 20_000,
                   seed: int = 0) -> VoxelSample:
     """A class-stratified, weighted sample of one case's voxels.
 
     Args:
         probs: ``(K, *spatial)`` float probabilities (softmax output), e.g. ``(K, Z, Y, X)``.
-        label: ``(*spatial)`` integer ground truth in ``[0, K)``.
+        truth: ``(*spatial)`` integer ground truth in ``[0, K)``.
         max_per_class: voxels drawn without replacement per true class (all of a class
             with fewer voxels).
         seed: for the random draw.
@@ -68,21 +68,21 @@ def sample_voxels(probs: np.ndarray, label: np.ndarray, max_per_class: int = 20_
         a `VoxelSample` with at most ``K * max_per_class`` rows.
 
     Raises:
-        ValueError: the spatial shapes differ (both named) or labels out of range.
+        ValueError: the spatial shapes differ (both named) or truth values out of range.
     """
-    probs, label = np.asarray(probs), np.asarray(label)
-    if probs.shape[1:] != label.shape:
-        raise ValueError(f"probs {probs.shape} must be (K, *spatial) with spatial = label "
-                         f"{label.shape}")
+    probs, truth = np.asarray(probs), np.asarray(truth)
+    if probs.shape[1:] != truth.shape:
+        raise ValueError(f"probs {probs.shape} must be (K, *spatial) with spatial = truth "
+                         f"{truth.shape}")
     num_classes = probs.shape[0]
-    flat_label = label.reshape(-1).astype(np.int64)
-    if flat_label.size and (flat_label.min() < 0 or flat_label.max() >= num_classes):
-        raise ValueError(f"label values {np.unique(flat_label)[:10].tolist()} outside "
+    flat_truth = truth.reshape(-1).astype(np.int64)
+    if flat_truth.size and (flat_truth.min() < 0 or flat_truth.max() >= num_classes):
+        raise ValueError(f"truth values {np.unique(flat_truth)[:10].tolist()} outside "
                          f"[0, {num_classes})")
     rng = np.random.default_rng(seed)
     picked, weights = [], []
     for c in range(num_classes):
-        where = np.flatnonzero(flat_label == c)
+        where = np.flatnonzero(flat_truth == c)
         if where.size == 0:
             continue
         chosen = where if where.size <= max_per_class else rng.choice(where, max_per_class,
@@ -91,7 +91,7 @@ def sample_voxels(probs: np.ndarray, label: np.ndarray, max_per_class: int = 20_
         weights.append(np.full(chosen.size, where.size / chosen.size))
     index = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     flat_probs = probs.reshape(num_classes, -1)
-    return VoxelSample(flat_probs[:, index].T.astype(np.float32), flat_label[index],
+    return VoxelSample(flat_probs[:, index].T.astype(np.float32), flat_truth[index],
                        np.concatenate(weights) if weights else np.zeros(0))
 
 
@@ -100,7 +100,7 @@ def concatenate_samples(samples: Sequence[VoxelSample]) -> VoxelSample:
     if not samples:
         raise ValueError("no samples to concatenate")
     return VoxelSample(np.concatenate([s.probs for s in samples]),
-                       np.concatenate([s.labels for s in samples]),
+                       np.concatenate([s.truth for s in samples]),
                        np.concatenate([s.weights for s in samples]))
 
 
@@ -128,7 +128,7 @@ def roc_pr_curves(sample: VoxelSample, class_index: int) -> dict[str, np.ndarray
         roc_curve,
     )
 
-    positive = sample.labels == class_index
+    positive = sample.truth == class_index
     if positive.all() or not positive.any():
         raise ValueError(f"class {class_index} needs both positive and negative voxels in the "
                          f"sample (has {int(positive.sum())} of {positive.size})")
@@ -165,10 +165,10 @@ def reliability_curve(sample: VoxelSample, class_index: int | None = None,
     """
     if class_index is None:
         confidence = sample.probs.max(axis=1)
-        correct = sample.probs.argmax(axis=1) == sample.labels
+        correct = sample.probs.argmax(axis=1) == sample.truth
     else:
         confidence = sample.probs[:, class_index]
-        correct = sample.labels == class_index
+        correct = sample.truth == class_index
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, num_bins - 1)
     total = np.bincount(bins, weights=sample.weights, minlength=num_bins)

@@ -3,22 +3,22 @@
 The Dice similarity coefficient (Dice 1945, "Measures of the amount of ecologic association
 between species") of class ``c`` in one case is
 
-    Dice = 2 |P ∩ G| / (|P| + |G|),   P = {pred == c},  G = {target == c}.
+    Dice = 2 |P ∩ G| / (|P| + |G|),   P = {pred == c},  G = {truth == c}.
 
 It is undefined when both masks are empty (0 / 0). Libraries disagree on that case and on a
-false positive in a case whose target lacks the class, so every number states its convention:
+false positive in a case whose truth lacks the class, so every number states its convention:
 
 ==========================  ==================  ==================  ===================
-target / prediction         ``empty="nan"``     ``empty="one"``     MONAI ``DiceMetric``
+truth / prediction          ``empty="nan"``     ``empty="one"``     MONAI ``DiceMetric``
                             (default)                               ``ignore_empty=True``
 ==========================  ==================  ==================  ===================
 both empty                  NaN (ignored)       1.0                 NaN (ignored)
-target empty, pred not      0.0 (penalised)     0.0                 NaN (ignored!)
-target not empty            formula             formula             formula
+truth empty, pred not       0.0 (penalised)     0.0                 NaN (ignored!)
+truth not empty             formula             formula             formula
 ==========================  ==================  ==================  ===================
 
 ``empty="one"`` equals MONAI's ``DiceMetric(ignore_empty=False)`` everywhere. MONAI's default
-(``ignore_empty=True``) skips every case whose target lacks the class, so a false-positive
+(``ignore_empty=True``) skips every case whose truth lacks the class, so a false-positive
 lesion on a lesion-free slice does not lower its score; ``empty="nan"`` (the nnU-Net
 convention) does count it, as 0. Means over cases skip NaN (`DiceAccumulator`).
 
@@ -66,22 +66,22 @@ __all__ = [
 ]
 
 
-def _as_flat_masks(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_flat_masks(pred: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Check two integer masks and return them as ``(B, N)`` int64."""
-    for name, mask in (("pred", pred), ("target", target)):
+    for name, mask in (("pred", pred), ("truth", truth)):
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"{name} must be an integer mask (e.g. logits.argmax(1, keepdim=True))"
                             f", got dtype {mask.dtype}")
         if mask.ndim < 2:
             raise ValueError(f"{name} needs a batch axis: (B, 1, *spatial) or (B, *spatial), "
                              f"got shape {tuple(mask.shape)}")
-    p_shape, t_shape = tuple(pred.shape), tuple(target.shape)
+    p_shape, t_shape = tuple(pred.shape), tuple(truth.shape)
     if p_shape != t_shape:  # allow (B, 1, *S) against (B, *S)
-        squeeze = [m[:, 0] if m.ndim > 2 and m.shape[1] == 1 else m for m in (pred, target)]
+        squeeze = [m[:, 0] if m.ndim > 2 and m.shape[1] == 1 else m for m in (pred, truth)]
         if squeeze[0].shape != squeeze[1].shape:
-            raise ValueError(f"pred {p_shape} and target {t_shape} do not have the same shape")
-        pred, target = squeeze
-    return pred.reshape(pred.shape[0], -1).long(), target.reshape(target.shape[0], -1).long()
+            raise ValueError(f"pred {p_shape} and truth {t_shape} do not have the same shape")
+        pred, truth = squeeze
+    return pred.reshape(pred.shape[0], -1).long(), truth.reshape(truth.shape[0], -1).long()
 
 
 def _check_range(mask: torch.Tensor, name: str, num_classes: int) -> None:
@@ -94,7 +94,7 @@ def _check_range(mask: torch.Tensor, name: str, num_classes: int) -> None:
 
 def compute_dice(
     pred: torch.Tensor,
-    target: torch.Tensor,
+    truth: torch.Tensor,
     num_classes: int,
     include_background: bool = False,
     empty: EmptyScore = "nan",
@@ -104,10 +104,10 @@ def compute_dice(
     Args:
         pred: predicted classes, ``(B, 1, H, W)`` / ``(B, 1, D, H, W)`` or without the
             channel axis, any integer dtype, values in ``[0, num_classes)``.
-        target: ground-truth classes, same layout and range as ``pred``.
+        truth: ground-truth classes, same layout and range as ``pred``.
         num_classes: ``C``, classes including background (class 0).
         include_background: keep class 0 in the output.
-        empty: score when a class is absent from both ``pred`` and ``target`` of a case:
+        empty: score when a class is absent from both ``pred`` and ``truth`` of a case:
             ``"nan"`` (ignored by means, default) or ``"one"`` (see the module docstring).
 
     Returns:
@@ -121,21 +121,21 @@ def compute_dice(
 
     Example:
         >>> pred = torch.tensor([[[0, 1, 1, 0]]])   # (B=1, 1, 4): class 1 at x = 1, 2
-        >>> target = torch.tensor([[[0, 1, 0, 0]]])  # class 1 at x = 1
-        >>> compute_dice(pred, target, num_classes=2)  # 2 * 1 / (2 + 1)
+        >>> truth = torch.tensor([[[0, 1, 0, 0]]])  # class 1 at x = 1
+        >>> compute_dice(pred, truth, num_classes=2)  # 2 * 1 / (2 + 1)
         tensor([[0.6667]])
     """
     if empty not in ("nan", "one"):
         raise ValueError(f"empty must be 'nan' or 'one', got {empty!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    pred, target = _as_flat_masks(pred, target)
+    pred, truth = _as_flat_masks(pred, truth)
     _check_range(pred, "pred", num_classes)
-    _check_range(target, "target", num_classes)
+    _check_range(truth, "truth", num_classes)
     batch = pred.shape[0]
-    # One bincount per batch gives, per case, the confusion matrix (target row, pred column).
+    # One bincount per batch gives, per case, the confusion matrix (truth row, pred column).
     offsets = torch.arange(batch, device=pred.device).view(-1, 1) * num_classes * num_classes
-    index = (offsets + target * num_classes + pred).reshape(-1)
+    index = (offsets + truth * num_classes + pred).reshape(-1)
     confusion = torch.bincount(index, minlength=batch * num_classes * num_classes)
     confusion = confusion.view(batch, num_classes, num_classes).double()
     true_positive = torch.diagonal(confusion, dim1=1, dim2=2)
@@ -177,9 +177,9 @@ class DiceAccumulator:
         self.sums = torch.zeros(self.num_reported, dtype=torch.float64)
         self.counts = torch.zeros(self.num_reported, dtype=torch.float64)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def update(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Add a batch; arguments as in `compute_dice`. Returns its ``(B, K)`` Dice."""
-        dice = compute_dice(pred, target, self.num_classes, self.include_background, self.empty)
+        dice = compute_dice(pred, truth, self.num_classes, self.include_background, self.empty)
         valid = ~torch.isnan(dice)
         self.sums += torch.where(valid, dice, 0).double().sum(dim=0).cpu()
         self.counts += valid.double().sum(dim=0).cpu()
@@ -195,12 +195,12 @@ class DiceAccumulator:
         return float(torch.nanmean(per_class)), per_class.tolist()
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
     """Voxel confusion matrix of two label maps.
 
     Args:
         pred: predicted labels, any shape, integer values in ``[0, num_classes)``.
-        target: ground-truth labels, same shape and range.
+        truth: ground-truth labels, same shape and range.
         num_classes: ``K``, classes including background.
 
     Returns:
@@ -210,17 +210,17 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> 
     Raises:
         ValueError: shapes differ (both named), a float mask, or values out of range.
     """
-    pred, target = np.asarray(pred), np.asarray(target)
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {pred.shape} and target {target.shape} do not have the same shape")
-    for name, mask in (("pred", pred), ("target", target)):
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {pred.shape} and truth {truth.shape} do not have the same shape")
+    for name, mask in (("pred", pred), ("truth", truth)):
         if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
             raise TypeError(f"{name} must be an integer label map, got dtype {mask.dtype}")
         if mask.size and (int(mask.min()) < 0 or int(mask.max()) >= num_classes):
             found = np.unique(mask).tolist()
             raise ValueError(f"{name} has values {found[:10]} outside [0, {num_classes}) "
                              f"(num_classes={num_classes})")
-    index = target.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    index = truth.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 

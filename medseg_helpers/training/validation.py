@@ -37,7 +37,7 @@ def validate_model(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]
     """Mean loss and Dice of ``model`` over ``loader``.
 
     Dice is `compute_dice` of the argmax prediction per case and class (``empty="nan"``: a
-    class absent from prediction and target is skipped, a false positive on a target
+    class absent from prediction and truth is skipped, a false positive on a truth
     without the class counts 0). The model is put in eval mode and left in train mode.
 
     Args:

@@ -107,7 +107,7 @@ def evaluate_run(run_dir: str | os.PathLike, patient_ids: Sequence[str],
     """Mean per-patient Dice of the model saved in ``run_dir`` on ``patient_ids``.
 
     Dice is computed per patient volume on the preprocessed grid, as in validation
-    (`metrics.DiceAccumulator`, a class absent from target and prediction is skipped).
+    (`metrics.DiceAccumulator`, a class absent from truth and prediction is skipped).
 
     Returns:
         ``{"dice": mean over foreground classes, "dice_<class>": ..., "num_patients": n}``.

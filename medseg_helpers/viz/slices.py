@@ -227,16 +227,16 @@ def plot_orthogonal(
     return fig
 
 
-def slice_viewer(image: Volume, label: Volume | None = None, pred: Volume | None = None,
+def slice_viewer(image: Volume, truth: Volume | None = None, pred: Volume | None = None,
                  class_index: int | None = None):
     """An ipywidgets viewer: view, slice, overlay opacity and layers.
 
     Args:
         image: the scan (LPS, see `extract_view`).
-        label: ground truth, drawn filled.
+        truth: ground truth, drawn filled.
         pred: a prediction on the same grid, drawn as outlines (or as an error map of
             ``class_index`` when the "errors" layer is on).
-        class_index: class of the error map; default the highest label in ``label``.
+        class_index: class of the error map; default the highest class in ``truth``.
 
     Returns:
         the widget box; display it as the last expression of a cell.
@@ -251,12 +251,12 @@ def slice_viewer(image: Volume, label: Volume | None = None, pred: Volume | None
     )  # fmt: skip
     alpha = widgets.FloatSlider(value=0.45, min=0.0, max=1.0, step=0.05, description="overlay")
     layers = {name: widgets.Checkbox(value=name != "errors", description=name, indent=False)
-              for name, volume in (("truth", label), ("prediction", pred), ("errors", pred))
+              for name, volume in (("truth", truth), ("prediction", pred), ("errors", pred))
               if volume is not None}
-    if "errors" in layers and label is None:
+    if "errors" in layers and truth is None:
         del layers["errors"]
-    if class_index is None and label is not None:
-        class_index = int(label.array.max())
+    if class_index is None and truth is not None:
+        class_index = int(truth.array.max())
     output = widgets.Output()
 
     def layer(volume: Volume | None, name: str) -> np.ndarray | None:
@@ -267,13 +267,13 @@ def slice_viewer(image: Volume, label: Volume | None = None, pred: Volume | None
 
     def redraw(*_) -> None:
         slice_2d, aspect = extract_view(image, view.value, index.value)
-        truth_2d, pred_2d = layer(label, "truth"), layer(pred, "prediction")
+        truth_2d, pred_2d = layer(truth, "truth"), layer(pred, "prediction")
         errors = layers.get("errors") is not None and layers["errors"].value
         with output:
             output.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5, 5))
             if errors:
-                show_errors(ax, slice_2d, extract_view(label, view.value, index.value)[0],
+                show_errors(ax, slice_2d, extract_view(truth, view.value, index.value)[0],
                             extract_view(pred, view.value, index.value)[0], class_index,
                             aspect, f"{view.value} {index.value}: errors, class {class_index}")
             else:
