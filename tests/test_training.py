@@ -384,6 +384,39 @@ def test_train_from_config_runs_the_smoke_profile_end_to_end(
         "global_step"]
 
 
+@pytest.mark.slow
+def test_train_from_config_trains_on_class_centred_crops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg_helpers.training.job import build_data, train_from_config
+
+    monkeypatch.setenv("MEDSEG_DATA_DIR", str(tmp_path / "data"))
+    config = TrainConfig.from_profile("smoke", run_dir=str(tmp_path / "run"), max_epochs=1,
+                                      crop_size=(32, 32), centre_ratios=(0, 0, 1),
+                                      samples_per_epoch=12, batch_size=4, augmentation=None,
+                                      progress=False, tensorboard=False,
+                                      model_kwargs={"depth": 2})
+    data = build_data(config)
+    batch = next(iter(data.train_loader))
+    assert batch["image"].shape == (4, 1, 32, 32) and len(data.train_loader) == 3
+    # every crop is centred on a lesion pixel unless the lesion lies at the border
+    assert all((label == 2).any() for label in batch["label"])
+    metrics = train_from_config(config)
+    assert metrics["global_step"] == 3  # 12 crops in batches of 4
+    assert TrainConfig.from_yaml(tmp_path / "run" / "config.yaml") == config
+
+
+def test_config_crop_settings_round_trip_and_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("crop_size: [64, 64]\ncentre_ratios: [1, 1, 2.5]\n")
+    config = TrainConfig.from_yaml(tmp_path / "run.yaml")
+    assert config.crop_size == (64, 64) and config.centre_ratios == (1.0, 1.0, 2.5)
+    config.to_yaml(tmp_path / "again.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "again.yaml") == config
+    with pytest.raises(ValueError, match=r"crop_size \(8, 8, 8\) is for 2D training"):
+        TrainConfig(crop_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="samples_per_epoch must be > 0"):
+        TrainConfig(samples_per_epoch=0)
+
+
 # ---------------------------------------------------------------------------------- DDP
 
 

@@ -33,7 +33,7 @@ from medseg_helpers.training.schedules import OPTIMIZERS, SCHEDULERS
 
 __all__ = ["TrainConfig"]
 
-_TUPLE_FIELDS = ("patch_size", "sw_roi_size")
+_TUPLE_FIELDS = ("patch_size", "sw_roi_size", "crop_size", "centre_ratios")
 _COMMON_MISTAKES = {"learning_rate": "lr", "epochs": "max_epochs", "optimiser": "optimizer",
                     "out_channels": "num_classes", "clip": "grad_clip_norm"}
 
@@ -75,7 +75,14 @@ class TrainConfig:
         test_fraction: share of patients held out for the final evaluation (never seen in
             training or model selection); the split is saved as ``run_dir/splits.json``.
         augmentation: 2D/3D augmentation preset (``light``, ``medium``, ``heavy``) or None.
-        empty_slice_fraction: share of background-only slices kept per epoch (2D).
+        empty_slice_fraction: share of background-only slices kept per epoch (2D, whole
+            slices).
+        crop_size: 2D only: train on random ``(H, W)`` crops of the slices, centred by
+            ``centre_ratios`` (`data.crop_dataset.SliceCropDataset`), instead of whole
+            slices; None: whole slices. Validation always predicts whole slices.
+        centre_ratios: with ``crop_size``: relative shares of crop centres per class;
+            index 0 is anywhere (mostly background), ``k >= 1`` a pixel of class ``k``.
+        samples_per_epoch: with ``crop_size``: crops per epoch.
         num_workers: DataLoader worker processes.
         device: ``"cpu"``, ``"cuda"``... None: automatic.
         resume: continue from ``run_dir/checkpoints/last.pt`` if it exists.
@@ -115,6 +122,9 @@ class TrainConfig:
     test_fraction: float = 0.2
     augmentation: str | None = "light"
     empty_slice_fraction: float = 0.2
+    crop_size: tuple[int, ...] | None = None
+    centre_ratios: tuple[float, ...] = (1.0, 1.0, 2.0)
+    samples_per_epoch: int = 1024
     num_workers: int = 0
     device: str | None = None
     resume: bool = False
@@ -137,13 +147,16 @@ class TrainConfig:
             problems.append(f"optimizer {self.optimizer!r} not in {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler {self.scheduler!r} not in {SCHEDULERS}")
-        for name in ("lr", "max_epochs", "batch_size", "val_every", "in_channels"):
+        for name in ("lr", "max_epochs", "batch_size", "val_every", "in_channels",
+                     "samples_per_epoch"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in _TUPLE_FIELDS:
             value = getattr(self, name)
             if value is not None and len(value) != self.spatial_dims and self.spatial_dims == 3:
                 problems.append(f"{name} {value} must have {self.spatial_dims} values")
+        if self.crop_size is not None and (self.spatial_dims != 2 or len(self.crop_size) != 2):
+            problems.append(f"crop_size {self.crop_size} is for 2D training: (H, W)")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -253,12 +266,14 @@ def _coerce(value: Any, hint: Any) -> Any:
             return os.fspath(value)
         raise ValueError(f"expected a string, got {value!r}")
     if origin is tuple:
+        item = typing.get_args(hint)[0]  # tuple[int, ...] or tuple[float, ...]
         if isinstance(value, (list, tuple)):
             try:
-                return tuple(_coerce(v, int) for v in value)
+                return tuple(_coerce(v, item) for v in value)
             except ValueError:
                 pass
-        raise ValueError(f"expected a list of integers, got {value!r}")
+        kind = "integers" if item is int else "numbers"
+        raise ValueError(f"expected a list of {kind}, got {value!r}")
     if origin is dict:
         if isinstance(value, Mapping):
             return dict(value)

@@ -6,7 +6,8 @@ call. It glues the other modules together and holds no training logic of its own
 1. dataset folder: ``config.data_dir``, else the profile's synthetic phantoms (generated)
    or Decathlon task (downloaded, `course_data`);
 2. patient-level split (`splits.split_patients`), then 2D slices from a memory-mapped
-   cache (`datasets.SliceDataset`) or 3D patches (`patch_dataset.PatchDataset3D`). Validation
+   cache (`datasets.SliceDataset`), class-centred 2D crops of them when ``crop_size`` is
+   set (`crop_dataset.SliceCropDataset`), or 3D patches (`patch_dataset.PatchDataset3D`). Validation
    always scores whole volumes, one Dice per patient and class (as nnU-Net and the final
    evaluation do): a 2D model runs slice by slice (`SliceBySliceInferer`), a 3D model by
    sliding window. Per-slice Dice would be much lower and noisier for small structures: a
@@ -193,6 +194,7 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
         ValueError: labels that are not ``0..K-1``, ``num_classes``/``in_channels`` that
             disagree with the dataset, or ``spatial_dims=3`` without ``patch_size``.
     """
+    from medseg_helpers.data.crop_dataset import SliceCropDataset
     from medseg_helpers.data.datasets import SliceDataset
     from medseg_helpers.data.decathlon import read_class_names, read_decathlon
     from medseg_helpers.data.patch_dataset import PatchDataset3D
@@ -218,8 +220,15 @@ def build_data(config: TrainConfig, info: distributed.DistInfo | None = None,
 
         transform = (build_2d_augmentation(config.augmentation, image_range="zscore",
                                            seed=config.seed) if config.augmentation else None)
-        train = SliceDataset(cache, split.train, transform=transform,
-                             empty_slice_fraction=config.empty_slice_fraction, seed=config.seed)
+        if config.crop_size is None:
+            train = SliceDataset(cache, split.train, transform=transform,
+                                 empty_slice_fraction=config.empty_slice_fraction,
+                                 seed=config.seed)
+        else:
+            train = SliceCropDataset(cache, split.train, crop_size=config.crop_size,
+                                     centre_ratios=config.centre_ratios,
+                                     samples_per_epoch=config.samples_per_epoch,
+                                     transform=transform, seed=config.seed)
     else:
         if config.patch_size is None:
             raise ValueError("spatial_dims=3 needs patch_size=(D, H, W)")
