@@ -33,13 +33,16 @@ def _model(folder: Path, args: argparse.Namespace) -> tuple[Path, int]:
     import torch
 
     from medseg_helpers.deploy.export import export_onnx
+    from medseg_helpers.deploy.preprocessing import Preprocessing
     from medseg_helpers.deploy.variants import quiet_exporters
     from medseg_helpers.networks.unet import UNet
 
     torch.manual_seed(0)
     model = UNet(2, 1, 3, base_channels=16, depth=4).eval()
     with quiet_exporters():
-        return export_onnx(model, torch.randn(1, 1, 64, 64), folder / "model.onnx"), 3
+        path = export_onnx(model, torch.randn(1, 1, 64, 64), folder / "model.onnx",
+                           preprocessing=Preprocessing("zscore", {}, None, axis=0))
+        return path, 3
 
 
 def _payload(args: argparse.Namespace) -> bytes:

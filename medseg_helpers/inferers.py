@@ -5,18 +5,23 @@ when it fits in ``roi_size`` and by Gaussian-blended sliding window otherwise
 (`SlidingWindowInferer`, MONAI's ``sliding_window_inference``). `predict_logits` takes one
 preprocessed volume ``(C, D, H, W)`` and returns ``(K, D, H, W)`` logits, so evaluation,
 export checks, explainability and the service share one code path; the inferers work on
-batches, as the Trainer's validation does.
+batches, as the Trainer's validation does. A "model" is any callable from a ``(B, C, *S)``
+tensor to ``(B, K, *S)`` logits: an ``nn.Module``, or an exported file run by
+`medseg_helpers.deploy.runtime.load_exported` (e.g. an ONNX Runtime session).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["SliceBySliceInferer", "SlidingWindowInferer", "predict_logits",
+__all__ = ["Model", "SliceBySliceInferer", "SlidingWindowInferer", "predict_logits",
            "predict_probabilities"]
+
+#: A network or an exported runtime: ``(B, C, *S)`` float32 tensor -> ``(B, K, *S)`` logits.
+Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 class SliceBySliceInferer:
@@ -29,7 +34,7 @@ class SliceBySliceInferer:
     def __init__(self, batch_size: int = 32) -> None:
         self.batch_size = batch_size
 
-    def __call__(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: Model, image: torch.Tensor) -> torch.Tensor:
         if image.ndim != 5:
             return model(image)
         b, c, d, h, w = image.shape
@@ -51,7 +56,7 @@ class SlidingWindowInferer:
                  overlap: float = 0.25) -> None:
         self.roi_size, self.batch_size, self.overlap = tuple(roi_size), batch_size, overlap
 
-    def __call__(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: Model, image: torch.Tensor) -> torch.Tensor:
         if all(s <= r for s, r in zip(image.shape[2:], self.roi_size, strict=True)):
             return model(image)
         from monai.inferers import sliding_window_inference
@@ -61,21 +66,23 @@ class SlidingWindowInferer:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, image: torch.Tensor, spatial_dims: int, *,
+def predict_logits(model: Model, image: torch.Tensor, spatial_dims: int, *,
                    roi_size: Sequence[int] | None = None, batch_size: int = 16,
                    overlap: float = 0.25, device: torch.device | str | None = None
                    ) -> torch.Tensor:
     """Logits of ``model`` for one volume.
 
     Args:
-        model: a 2D ``(B, C, H, W)`` or 3D ``(B, C, D, H, W)`` segmentation network; it is
-            used as it is (call ``model.eval()`` first unless you want dropout active).
+        model: a 2D ``(B, C, H, W)`` or 3D ``(B, C, D, H, W)`` segmentation network, or
+            an exported file's runtime (`Model`); it is used as it is (call
+            ``model.eval()`` first unless you want dropout active).
         image: ``(C, D, H, W)`` preprocessed volume (float32).
         spatial_dims: 2 (slice by slice along ``D``) or 3.
         roi_size: 3D sliding-window size ``(d, h, w)``; None: the whole volume at once.
         batch_size: slices (2D) or windows (3D) per forward pass.
         overlap: sliding-window overlap (3D).
-        device: where to run; None: the model's device.
+        device: where to run; None: the model's device (the CPU for a callable that is
+            not an ``nn.Module``).
 
     Returns:
         ``(K, D, H, W)`` float32 logits on the CPU.
@@ -85,7 +92,8 @@ def predict_logits(model: nn.Module, image: torch.Tensor, spatial_dims: int, *,
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     if device is None:
-        device = next(model.parameters()).device
+        device = (next(model.parameters()).device if isinstance(model, nn.Module)
+                  else torch.device("cpu"))
     batch = image[None].to(device=device, dtype=torch.float32)
     if spatial_dims == 2:
         logits = SliceBySliceInferer(batch_size)(model, batch)
@@ -96,7 +104,7 @@ def predict_logits(model: nn.Module, image: torch.Tensor, spatial_dims: int, *,
     return logits[0].float().cpu()
 
 
-def predict_probabilities(model: nn.Module, image: torch.Tensor, spatial_dims: int,
+def predict_probabilities(model: Model, image: torch.Tensor, spatial_dims: int,
                           **kwargs) -> torch.Tensor:
     """Softmax of `predict_logits`: ``(K, D, H, W)`` class probabilities that sum to 1."""
     return torch.softmax(predict_logits(model, image, spatial_dims, **kwargs), dim=0)

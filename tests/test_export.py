@@ -15,8 +15,14 @@ from medseg_helpers.deploy.export import (  # noqa: E402
     export_program,
     export_torchscript,
 )
+from medseg_helpers.deploy.preprocessing import (  # noqa: E402
+    MissingPreprocessingError,
+    Preprocessing,
+    read_preprocessing,
+)
 from medseg_helpers.deploy.quantize import quantize_onnx_int8  # noqa: E402
-from medseg_helpers.deploy.runtime import OnnxSegmenter  # noqa: E402
+from medseg_helpers.deploy.runtime import OnnxSegmenter, load_exported  # noqa: E402
+from medseg_helpers.inferers import SlidingWindowInferer, predict_logits  # noqa: E402
 from medseg_helpers.networks.unet import UNet  # noqa: E402
 
 # torch 2.13's own ONNX exporter uses a deprecated pytree API internally (not our code).
@@ -26,6 +32,10 @@ TORCHSCRIPT_WARNINGS = [
     "ignore::DeprecationWarning",
     "ignore::torch.jit.TracerWarning",
 ]
+#: A slice cache's settings as `build_slice_cache` records them (CT window, resampled).
+CACHE_SETTINGS = {"normalisation": "ct_window", "normalisation_kwargs": {"preset": "soft_tissue"},
+                  "spacing_mm": [2.5, 0.75, 0.75], "axis": 0, "slice_shape": None}
+EXPORTERS = {".onnx": export_onnx, ".pt2": export_program, ".pt": export_torchscript}
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +52,8 @@ def _unet(spatial_dims: int, out_channels: int = 3, seed: int = 0) -> UNet:
 @pytest.fixture(scope="module")
 def unet2d_onnx(tmp_path_factory):
     model = _unet(2)
-    path = export_onnx(model, torch.randn(1, 1, 32, 32), tmp_path_factory.mktemp("x") / "m.onnx")
+    path = export_onnx(model, torch.randn(1, 1, 32, 32), tmp_path_factory.mktemp("x") / "m.onnx",
+                       preprocessing=Preprocessing.from_settings(CACHE_SETTINGS))
     return model, path
 
 
@@ -107,20 +118,58 @@ def test_example_must_be_a_batch(tmp_path):
         export_onnx(_unet(2), torch.randn(1, 32, 32), tmp_path / "m.onnx")
 
 
-def test_sliding_window_keeps_shape_and_matches_eager_sliding_window(unet2d_onnx):
+def test_onnx_runs_in_the_sliding_window_inferer_like_the_eager_model(unet2d_onnx):
     model, path = unet2d_onnx
     segmenter = OnnxSegmenter(path, num_threads=1)
-    image = np.random.default_rng(0).normal(size=(1, 1, 70, 45)).astype(np.float32)
-    logits = segmenter.sliding_window(image, roi_size=(32, 32), overlap=0.5)
-    assert logits.shape == (1, 3, 70, 45) and logits.dtype == np.float32
+    image = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 1, 70, 45)).astype(
+        np.float32))
+    windows = SlidingWindowInferer((32, 32), overlap=0.5)
+    logits = windows(segmenter, image)
+    assert logits.shape == (1, 3, 70, 45) and logits.dtype == torch.float32
     # The same windows and blending run on the eager model give the same logits.
-    from monai.inferers import sliding_window_inference
-
     with torch.no_grad():
-        eager = sliding_window_inference(torch.from_numpy(image), (32, 32), 4, model,
-                                         overlap=0.5, mode="gaussian").numpy()
-    np.testing.assert_allclose(logits, eager, atol=1e-4)
-    np.testing.assert_array_equal(logits.argmax(1), eager.argmax(1))
+        eager = windows(model, image)
+    torch.testing.assert_close(logits, eager, atol=1e-4, rtol=0)
+    assert torch.equal(logits.argmax(1), eager.argmax(1))
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pt"])
+@pytest.mark.filterwarnings(*TORCHSCRIPT_WARNINGS)
+def test_exported_files_carry_the_training_preprocessing(suffix, tmp_path):
+    expected = Preprocessing.from_settings(CACHE_SETTINGS)
+    path = EXPORTERS[suffix](_unet(2), torch.randn(2, 1, 16, 16), tmp_path / f"m{suffix}",
+                             preprocessing=expected)
+    read = read_preprocessing(path)
+    assert read == expected
+    assert (read.normalisation, read.normalisation_kwargs, list(read.spacing_mm), read.axis) == (
+        "ct_window", {"preset": "soft_tissue"}, CACHE_SETTINGS["spacing_mm"], 0)
+    assert Preprocessing.from_json(read.to_json()) == read
+    assert load_exported(path)(torch.zeros(1, 1, 16, 16)).shape == (1, 3, 16, 16)  # still loads
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pt"])
+@pytest.mark.filterwarnings(*TORCHSCRIPT_WARNINGS)
+def test_a_file_exported_without_preprocessing_says_so(suffix, tmp_path):
+    path = EXPORTERS[suffix](_unet(2), torch.randn(2, 1, 16, 16), tmp_path / f"bare{suffix}")
+    with pytest.raises(MissingPreprocessingError, match=f"bare{suffix} carries no"):
+        read_preprocessing(path)
+
+
+def test_preprocessing_rejects_unknown_normalisations_and_axes():
+    with pytest.raises(ValueError, match="unknown normalisation 'histogram'"):
+        Preprocessing("histogram", {}, None, 0)
+    with pytest.raises(ValueError, match="axis must be 0, 1, 2 or None"):
+        Preprocessing("zscore", {}, None, 3)
+    with pytest.raises(ValueError, match="malformed medseg.preprocessing"):
+        Preprocessing.from_json('{"normalisation": "zscore"}')
+
+
+def test_onnx_segmenter_is_a_model_for_predict_logits(unet2d_onnx):
+    model, path = unet2d_onnx
+    volume = torch.randn(1, 5, 24, 20)  # (C, D, H, W): 5 slices, sizes the segmenter pads
+    onnx_logits = predict_logits(OnnxSegmenter(path), volume, 2, batch_size=2)
+    eager_logits = predict_logits(model, volume, 2, batch_size=2)
+    torch.testing.assert_close(onnx_logits, eager_logits, atol=1e-4, rtol=0)
 
 
 def test_predict_logits_rejects_unbatched_input(unet2d_onnx):
@@ -150,6 +199,7 @@ def test_int8_agrees_with_float_on_most_pixels(unet2d_onnx, tmp_path):
     int8_segmenter = OnnxSegmenter(int8_path)
     int8 = int8_segmenter.predict_logits(test).argmax(1)
     assert int8_segmenter.size_multiple == 4  # metadata copied
+    assert read_preprocessing(int8_path) == Preprocessing.from_settings(CACHE_SETTINGS)
     assert (fp32 == int8).mean() >= 0.9
     ops = {node.op_type for node in __import__("onnx").load(str(int8_path)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops

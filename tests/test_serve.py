@@ -24,6 +24,10 @@ nib = pytest.importorskip("nibabel")
 
 from medseg_helpers.data.volume import Volume  # noqa: E402
 from medseg_helpers.deploy.export import export_onnx  # noqa: E402
+from medseg_helpers.deploy.preprocessing import (  # noqa: E402
+    MissingPreprocessingError,
+    Preprocessing,
+)
 from medseg_helpers.deploy.serve import VolumeSegmenter, create_app  # noqa: E402
 from medseg_helpers.deploy.service_metrics import ServiceMetrics  # noqa: E402
 from medseg_helpers.deploy.uploads import sniff_format  # noqa: E402
@@ -38,6 +42,7 @@ TIMEOUT = httpx.Timeout(30.0)
 # Voxel size 0.8 x 0.9 x 2.5 mm, rotated about z and shifted: geometry must round-trip.
 AFFINE = np.array([[0.0, -0.9, 0.0, 10.0], [0.8, 0.0, 0.0, -20.0],
                    [0.0, 0.0, 2.5, 30.0], [0.0, 0.0, 0.0, 1.0]])
+ZSCORE_AXIAL = Preprocessing("zscore", {}, None, axis=0)  # the course slice cache's default
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,8 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     model = UNet(2, 1, NUM_CLASSES, base_channels=4, depth=2).eval()
-    path = export_onnx(model, torch.randn(1, 1, 32, 32), folder / "model.onnx")
+    path = export_onnx(model, torch.randn(1, 1, 32, 32), folder / "model.onnx",
+                       preprocessing=ZSCORE_AXIAL)
     app = create_app(path, num_classes=NUM_CLASSES, max_upload_bytes=MAX_UPLOAD,
                      max_voxels=MAX_VOXELS, max_concurrency=2, num_threads=1)
     sock = socket.socket()
@@ -231,17 +237,38 @@ def test_metrics_text_is_prometheus_format():
 def test_volume_segmenter_keeps_xyz_shape(tmp_path, spatial_dims, patch):
     torch.manual_seed(0)
     model = UNet(spatial_dims, 1, 2, base_channels=4, depth=2).eval()
-    path = export_onnx(model, torch.randn(1, 1, *(16,) * spatial_dims), tmp_path / "m.onnx")
+    path = export_onnx(model, torch.randn(1, 1, *(16,) * spatial_dims), tmp_path / "m.onnx",
+                       preprocessing=ZSCORE_AXIAL)
     segmenter = VolumeSegmenter(path, num_classes=2, patch_size=patch, slice_batch=4)
-    pred = segmenter.segment(_scan(shape=(30, 21, 18)))  # larger than the patch, odd sizes
-    assert pred.shape == (30, 21, 18) and pred.dtype == np.uint8
-    assert set(np.unique(pred)) <= {0, 1}
+    scan = Volume(_scan(shape=(30, 21, 18)).transpose(2, 1, 0))  # larger than the patch
+    pred = segmenter.segment(scan)
+    assert pred.array.shape == (18, 21, 30) and pred.array.dtype == np.uint8
+    assert set(np.unique(pred.array)) <= {0, 1}
 
 
 def test_volume_segmenter_checks_num_classes_and_patch(tmp_path):
     model = UNet(2, 1, 3, base_channels=4, depth=2).eval()
-    path = export_onnx(model, torch.randn(1, 1, 16, 16), tmp_path / "m.onnx")
+    path = export_onnx(model, torch.randn(1, 1, 16, 16), tmp_path / "m.onnx",
+                       preprocessing=ZSCORE_AXIAL)
     with pytest.raises(ValueError, match="3 output channels; num_classes=2"):
         VolumeSegmenter(path, num_classes=2)
     with pytest.raises(ValueError, match="must have 2 entries"):
         VolumeSegmenter(path, num_classes=3, patch_size=(16, 16, 16))
+
+
+def test_a_model_without_preprocessing_metadata_is_refused_at_start_up(tmp_path):
+    model = UNet(2, 1, 3, base_channels=4, depth=2).eval()
+    path = export_onnx(model, torch.randn(1, 1, 16, 16), tmp_path / "bare.onnx")
+    with pytest.raises(MissingPreprocessingError) as caught:
+        create_app(path, num_classes=3)
+    message = str(caught.value)
+    assert "bare.onnx carries no 'medseg.preprocessing' metadata" in message
+    assert "\n" not in message  # one line
+
+
+def test_a_2d_model_needs_the_slicing_axis(tmp_path):
+    model = UNet(2, 1, 3, base_channels=4, depth=2).eval()
+    path = export_onnx(model, torch.randn(1, 1, 16, 16), tmp_path / "m.onnx",
+                       preprocessing=Preprocessing("zscore", {}, None, axis=None))
+    with pytest.raises(ValueError, match="must name the axis"):
+        VolumeSegmenter(path, num_classes=3)

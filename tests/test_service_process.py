@@ -13,6 +13,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from medseg_helpers.deploy.export import export_onnx  # noqa: E402
+from medseg_helpers.deploy.preprocessing import Preprocessing  # noqa: E402
 from medseg_helpers.deploy.service_process import (  # noqa: E402
     BackgroundService,
     ServiceStartError,
@@ -28,7 +29,8 @@ def model_path(tmp_path_factory):
     torch.manual_seed(0)
     model = UNet(2, 1, 3, base_channels=4, depth=2).eval()
     return export_onnx(model, torch.randn(1, 1, 16, 16),
-                       tmp_path_factory.mktemp("svc") / "model.onnx")
+                       tmp_path_factory.mktemp("svc") / "model.onnx",
+                       preprocessing=Preprocessing("zscore", {}, None, axis=0))
 
 
 def test_service_answers_health_and_stops_on_exit(model_path, tmp_path) -> None:
@@ -52,6 +54,20 @@ def test_a_busy_port_fails_fast_with_the_server_log(model_path, tmp_path) -> Non
         with pytest.raises(ServiceStartError, match="exited with code"):
             service.start()
         assert time.monotonic() - start < 110 and not service.running
+
+
+def test_a_model_without_preprocessing_stops_the_service_with_one_line(tmp_path) -> None:
+    bare = export_onnx(UNet(2, 1, 3, base_channels=4, depth=2).eval(),
+                       torch.randn(1, 1, 16, 16), tmp_path / "bare.onnx")
+    service = BackgroundService(bare, num_classes=3, log_dir=tmp_path,
+                                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    with pytest.raises(ServiceStartError, match="exited with code 2") as caught:
+        service.start()
+    assert "Traceback" not in str(caught.value)
+    assert str(caught.value).splitlines()[-1] == (
+        "medseg: error: bare.onnx carries no 'medseg.preprocessing' metadata, so its input "
+        "preprocessing is unknown: re-export it with "
+        "preprocessing=Preprocessing.from_settings(cache.settings) (or `medseg export`)")
 
 
 def test_free_port_is_bindable() -> None:

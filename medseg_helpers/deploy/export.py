@@ -15,6 +15,11 @@ Shape rule for the exported graphs: the course U-Net pads inputs to a multiple o
 the exported graph accepts any batch size and any spatial size that is a **multiple of
 ``size_multiple``** (the example's sizes must be one too). `export_onnx` stores
 ``size_multiple`` in the model's metadata and `OnnxSegmenter` pads other sizes itself.
+
+Each exporter takes the model's input preprocessing (`deploy.preprocessing.Preprocessing`,
+from the training cache's settings) and stores it in the file: ONNX ``metadata_props``
+``medseg.preprocessing``, or an extra file of that name in the ``.pt2``/``.pt`` archive
+(`deploy.preprocessing.read_preprocessing` reads either). The service refuses a model without it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medseg_helpers.deploy.preprocessing import METADATA_KEY, Preprocessing
 from medseg_helpers.deploy.runtime import load_exported
 from medseg_helpers.fileutil import atomic_path
 
@@ -68,9 +74,15 @@ def _dynamic_shapes(ndim: int, dynamic_batch: bool, dynamic_spatial: bool
     return (axes,)
 
 
+def _extra_files(preprocessing: Preprocessing | None) -> dict[str, str]:
+    """The archive extra files holding ``preprocessing`` (none without it)."""
+    return {} if preprocessing is None else {METADATA_KEY: preprocessing.to_json()}
+
+
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
                 dynamic_batch: bool = True, dynamic_spatial: bool = True,
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, *,
+                preprocessing: Preprocessing | None = None) -> Path:
     """Export ``model`` to one self-contained ONNX file with the ``torch.export`` exporter.
 
     The legacy TorchScript-based exporter (``dynamo=False``) raises a ``DeprecationWarning``
@@ -80,7 +92,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
     are embedded (``external_data=False``): no ``.onnx.data`` file, fine below 2 GB.
 
     Metadata ``medseg.size_multiple`` (the model's ``size_multiple``, 1 if it has none) and
-    ``medseg.spatial_dims`` are stored for `OnnxSegmenter`.
+    ``medseg.spatial_dims`` are stored for `OnnxSegmenter`, and ``medseg.preprocessing``
+    (JSON of ``preprocessing``) when given.
 
     Args:
         model: network mapping ``(B, C, *S)`` float32 to logits ``(B, K, *S)``; put in eval
@@ -92,6 +105,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
         dynamic_batch: let the batch axis vary (input name ``"image"``).
         dynamic_spatial: let the spatial axes vary (multiples of ``size_multiple``).
         opset: ONNX opset version.
+        preprocessing: how the model's inputs were prepared in training (required by the
+            service, `deploy.serve`); None stores nothing.
 
     Returns:
         ``path`` as a `Path`.
@@ -112,7 +127,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
             verbose=False)
         proto = onnx.load(str(tmp))
         meta = {"medseg.size_multiple": str(getattr(model, "size_multiple", 1)),
-                "medseg.spatial_dims": str(example.ndim - 2)}
+                "medseg.spatial_dims": str(example.ndim - 2), **_extra_files(preprocessing)}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -122,7 +137,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
 
 
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: PathLike,
-                       freeze: bool = True) -> Path:
+                       freeze: bool = True, *,
+                       preprocessing: Preprocessing | None = None) -> Path:
     """Trace ``model`` to TorchScript (legacy route) and save it.
 
     Deprecated in torch 2.13: ``torch.jit.trace``, ``freeze``, ``save`` and ``load`` each
@@ -137,6 +153,7 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: Path
             the trace then accepts other batch sizes and other multiples.
         path: destination (``.pt`` or ``.ts``), written atomically.
         freeze: inline the weights as constants (``torch.jit.freeze``).
+        preprocessing: stored as the archive's extra file ``medseg.preprocessing``.
 
     Returns:
         ``path`` as a `Path`.
@@ -149,12 +166,13 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: Path
             module = torch.jit.freeze(module)
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.jit.save(module, str(tmp))
+        torch.jit.save(module, str(tmp), _extra_files=_extra_files(preprocessing))
     return path
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor, path: PathLike,
-                   dynamic_batch: bool = True, dynamic_spatial: bool = True) -> Path:
+                   dynamic_batch: bool = True, dynamic_spatial: bool = True, *,
+                   preprocessing: Preprocessing | None = None) -> Path:
     """Export ``model`` with ``torch.export`` and save the ``ExportedProgram`` (``.pt2``).
 
     Load it with ``torch.export.load(path).module()``. ``torch.export.load`` unpickles
@@ -163,6 +181,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: PathLike
     Args:
         model, example_input, dynamic_batch, dynamic_spatial: as in `export_onnx`.
         path: destination ``.pt2`` file, written atomically.
+        preprocessing: stored as the archive's extra file ``medseg.preprocessing``.
 
     Returns:
         ``path`` as a `Path`.
@@ -175,7 +194,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: PathLike
             dynamic_shapes=_dynamic_shapes(example.ndim, dynamic_batch, dynamic_spatial))
     path = Path(path)
     with atomic_path(path, suffix=".pt2") as tmp:
-        torch.export.save(program, str(tmp))
+        torch.export.save(program, str(tmp), extra_files=_extra_files(preprocessing))
     return path
 
 

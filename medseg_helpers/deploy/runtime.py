@@ -1,9 +1,10 @@
 """Run an exported segmentation network outside eager PyTorch.
 
 `OnnxSegmenter` runs an ``.onnx`` file from `medseg_helpers.deploy.export.export_onnx` with
-ONNX Runtime (CPU provider): whole images, or windows blended by MONAI's sliding-window
-inference for images larger than the training patch. `load_exported` turns any exported
-file (``.onnx``, ``.pt2``, ``.pt``/``.ts``) into one callable, tensor in, logits out.
+ONNX Runtime (CPU provider). Called with a tensor it returns a tensor, like a network, so
+whole volumes go through `medseg_helpers.inferers` (slice by slice, or by sliding window
+for images larger than the training patch) exactly as eager models do. `load_exported`
+turns any exported file (``.onnx``, ``.pt2``, ``.pt``/``.ts``) into one such callable.
 
 Files written outside the output path: ONNX Runtime writes a device-id database under
 ``$XDG_CACHE_HOME/Microsoft/DeveloperTools`` (``~/.cache`` when unset) on the first
@@ -13,7 +14,7 @@ session. Point that variable into the run directory in CI.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ class OnnxSegmenter:
     """ONNX Runtime inference for an exported segmentation network (CPU provider).
 
     ``session.run`` is thread-safe: one instance can serve several threads.
+
+    Attributes:
+        metadata: the file's ``metadata_props`` as ``{key: value}`` (``medseg.*`` entries
+            written by `export_onnx`).
 
     Args:
         path: ``.onnx`` file from `export_onnx` (or any model with one input
@@ -56,8 +61,8 @@ class OnnxSegmenter:
         self.session = ort.InferenceSession(str(self.path), sess_options=options,
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.size_multiple = int(size_multiple or meta.get("medseg.size_multiple", 1))
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.size_multiple = int(size_multiple or self.metadata.get("medseg.size_multiple", 1))
         self.pad_mode = pad_mode
 
     def predict_logits(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -82,36 +87,10 @@ class OnnxSegmenter:
                                                                       strict=True))
         return np.ascontiguousarray(logits[crop])
 
-    def sliding_window(self, image: np.ndarray | torch.Tensor, roi_size: Sequence[int],
-                       overlap: float = 0.25, sw_batch_size: int = 4,
-                       mode: str = "gaussian") -> np.ndarray:
-        """Logits for an image larger than the training patch, by overlapping windows.
-
-        Wraps ``monai.inferers.sliding_window_inference``: windows of ``roi_size`` are run
-        through ONNX Runtime in batches of ``sw_batch_size`` and blended (``mode``
-        ``"gaussian"`` down-weights window borders, ``"constant"`` averages).
-
-        Args:
-            image: ``(B, C, *S)`` float32, normalised; ``S`` may exceed ``roi_size``.
-            roi_size: window size per spatial axis (the training patch size).
-            overlap: fraction of a window shared with its neighbour, in [0, 1).
-            sw_batch_size: windows per ONNX Runtime call.
-            mode: ``"gaussian"`` or ``"constant"``.
-
-        Returns:
-            ``(B, K, *S)`` float32 logits.
-        """
-        from monai.inferers import sliding_window_inference
-
-        tensor = torch.from_numpy(as_float32_array(image))
-
-        def predictor(window: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(self.predict_logits(window.numpy()))
-
-        with torch.no_grad():
-            logits = sliding_window_inference(tensor, tuple(roi_size), sw_batch_size,
-                                              predictor, overlap=overlap, mode=mode)
-        return logits.numpy().astype(np.float32, copy=False)
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """`predict_logits` tensor to tensor: ``(B, C, *S)`` -> ``(B, K, *S)`` float32 on
+        the CPU, so an inferer (`medseg_helpers.inferers`) can use it as the model."""
+        return torch.from_numpy(self.predict_logits(image))
 
 
 def load_exported(path: PathLike, num_threads: int | None = None
@@ -126,8 +105,7 @@ def load_exported(path: PathLike, num_threads: int | None = None
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        segmenter = OnnxSegmenter(path, num_threads=num_threads)
-        return lambda x: torch.from_numpy(segmenter.predict_logits(x.detach().cpu().numpy()))
+        return OnnxSegmenter(path, num_threads=num_threads)
     if path.suffix == ".pt2":
         module = torch.export.load(str(path)).module()
     elif path.suffix in (".pt", ".ts"):

@@ -7,10 +7,12 @@ Endpoints of the app built by `create_app`:
   NIfTI header size 348 and magic ``n+1`` at byte 344, never by file name) or a zip of one
   DICOM series (magic ``PK``). The body is counted while it streams in: more than
   ``max_upload_bytes`` gives 413 before the rest is stored. The volume must be 3D, at most
-  ``max_voxels`` voxels, real and finite. It is z-score normalised, segmented by ONNX
-  Runtime (slice-wise for a 2D model, whole volume or sliding window for a 3D one) and the
-  mask is returned as ``.nii.gz`` bytes (``application/gzip``) with the input's affine and
-  header, plus the summary in header ``X-Medseg-Summary`` (compact JSON). With
+  ``max_voxels`` voxels, real and finite. It is preprocessed as the model's training data
+  was (the `Preprocessing` stored in the ONNX file: resampling, normalisation), segmented
+  by ONNX Runtime through `medseg_helpers.inferers.predict_logits` (slice by slice for a
+  2D model, whole volume or sliding window for a 3D one), mapped back to the input's grid,
+  and the mask is returned as ``.nii.gz`` bytes (``application/gzip``) with the input's
+  affine and header, plus the summary in header ``X-Medseg-Summary`` (compact JSON). With
   ``?format=json`` the reply is JSON ``{"summary": ..., "mask_nii_gz_base64": ...}``.
   The summary holds ``shape_xyz``, ``voxel_volume_ml`` and ``volumes_ml`` / ``voxels`` per
   class (keys are class indices as strings).
@@ -24,7 +26,8 @@ Errors are JSON ``{"detail": "..."}``: 413 too large, 415 not a NIfTI/zip, 422 c
 stayed busy for ``queue_timeout_s``. Nothing uploaded is unpickled: the model is ONNX,
 uploads are parsed as NIfTI/DICOM only (`medseg_helpers.deploy.uploads`; the ``/metrics``
 counters are `medseg_helpers.deploy.service_metrics`). Inference runs in the thread pool, at most
-``max_concurrency`` at a time.
+``max_concurrency`` at a time. A model exported without its preprocessing is refused when
+the app is built (`MissingPreprocessingError`, one line), never served with guessed inputs.
 
 The module has no ``from __future__ import annotations``: FastAPI resolves the endpoint
 annotations (``Request``), which are imported inside `create_app`.
@@ -41,7 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.deploy.preprocessing import preprocessing_from_metadata
 from medseg_helpers.deploy.runtime import OnnxSegmenter
 from medseg_helpers.deploy.service_metrics import ServiceMetrics
 from medseg_helpers.deploy.uploads import (
@@ -51,7 +57,7 @@ from medseg_helpers.deploy.uploads import (
     parse_nifti,
     sniff_format,
 )
-from medseg_helpers.transforms.preprocess import normalise_zscore
+from medseg_helpers.inferers import Model, SlidingWindowInferer, predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -60,49 +66,75 @@ _DRAIN_BYTES = 8 * 2**20  # read (and drop) this much past the limit so clients 
 
 
 class VolumeSegmenter:
-    """Normalise and segment one ``(X, Y, Z)`` volume with an ONNX model.
+    """Preprocess and segment one scan with an ONNX model, as the model was trained.
+
+    The file's own `deploy.preprocessing.Preprocessing` (stored by the exporters) prepares
+    the scan with the training cache's functions; `inferers.predict_logits` runs the ONNX
+    Runtime session over it (slices cut along the training axis for a 2D model); the
+    argmax goes back to the scan's grid.
 
     Args:
-        model_path: ``.onnx`` from `medseg_helpers.deploy.export.export_onnx`, single channel input.
+        model_path: ``.onnx`` from `medseg_helpers.deploy.export.export_onnx` with
+            ``preprocessing=`` given; one input channel per scan channel.
         num_classes: classes including background (the model's output channels).
         patch_size: training patch; larger inputs use sliding-window inference. ``(H, W)``
-            for a 2D model, ``(D, H, W)`` for 3D; ``None`` runs whole slices/volumes.
+            for a 2D model (windows over each slice), ``(D, H, W)`` for 3D; ``None`` runs
+            whole slices/volumes.
         slice_batch: slices per ONNX Runtime call for a 2D model.
+        window_batch: sliding windows per ONNX Runtime call.
         num_threads: ONNX Runtime intra-op threads per call.
+
+    Raises:
+        MissingPreprocessingError: the file carries no preprocessing metadata.
+        ValueError: output channels differ from ``num_classes``, ``patch_size`` has the
+            wrong length, or a 2D model's preprocessing names no slicing axis.
     """
 
     def __init__(self, model_path: PathLike, *, num_classes: int,
                  patch_size: Sequence[int] | None = None, slice_batch: int = 16,
-                 num_threads: int | None = None) -> None:
+                 window_batch: int = 4, num_threads: int | None = None) -> None:
         self.onnx = OnnxSegmenter(model_path, num_threads=num_threads)
-        meta = self.onnx.session.get_modelmeta().custom_metadata_map
+        self.preprocessing = preprocessing_from_metadata(self.onnx.metadata, model_path)
         rank = len(self.onnx.session.get_inputs()[0].shape)
-        self.spatial_dims = int(meta.get("medseg.spatial_dims", rank - 2))
+        self.spatial_dims = int(self.onnx.metadata.get("medseg.spatial_dims", rank - 2))
         out_channels = self.onnx.session.get_outputs()[0].shape[1]
         if isinstance(out_channels, int) and out_channels != num_classes:
             raise ValueError(f"model has {out_channels} output channels; num_classes={num_classes}")
         if patch_size is not None and len(patch_size) != self.spatial_dims:
             raise ValueError(f"patch_size {tuple(patch_size)} must have {self.spatial_dims} "
                              "entries for this model")
-        self.num_classes, self.slice_batch = num_classes, slice_batch
+        if self.spatial_dims == 2 and self.preprocessing.axis is None:
+            raise ValueError(f"{Path(model_path).name}: a 2D model's preprocessing must name "
+                             "the axis its training slices were cut along")
+        self.num_classes, self.slice_batch, self.window_batch = (num_classes, slice_batch,
+                                                                 window_batch)
         self.patch_size = None if patch_size is None else tuple(patch_size)
 
-    def _logits(self, batch: np.ndarray) -> np.ndarray:
-        spatial = batch.shape[2:]
-        if self.patch_size and any(s > p for s, p in zip(spatial, self.patch_size, strict=True)):
-            return self.onnx.sliding_window(batch, self.patch_size)
-        return self.onnx.predict_logits(batch)
+    def _slice_model(self) -> Model:
+        """The 2D model the slice inferer runs: ONNX Runtime, windowed over large slices."""
+        if self.patch_size is None:
+            return self.onnx
+        windows = SlidingWindowInferer(self.patch_size, self.window_batch)
+        return lambda chunk: windows(self.onnx, chunk)
 
-    def segment(self, image_xyz: np.ndarray) -> np.ndarray:
-        """``pred (X, Y, Z)`` uint8 in ``[0, num_classes)`` for a raw ``(X, Y, Z)`` image."""
-        zyx = normalise_zscore(np.transpose(image_xyz, (2, 1, 0)))
-        if self.spatial_dims == 3:
-            pred = self._logits(zyx[None, None]).argmax(1)[0]
+    def segment(self, image: Volume) -> Volume:
+        """Labels ``(Z, Y, X)`` uint8 in ``[0, num_classes)`` on the grid of ``image``.
+
+        Args:
+            image: the raw scan, ``(Z, Y, X)`` or ``(C, Z, Y, X)`` with its geometry.
+        """
+        prepared = self.preprocessing.apply(image)  # (C, Z', Y', X') on the training grid
+        volume = torch.from_numpy(prepared.array)
+        if self.spatial_dims == 2:
+            axis = 1 + self.preprocessing.axis  # the slices' axis becomes D of (C, D, H, W)
+            logits = predict_logits(self._slice_model(), volume.movedim(axis, 1), 2,
+                                    batch_size=self.slice_batch, device="cpu")
+            labels = logits.argmax(0).movedim(0, axis - 1)
         else:
-            slices = [self._logits(zyx[start:start + self.slice_batch, None]).argmax(1)
-                      for start in range(0, zyx.shape[0], self.slice_batch)]
-            pred = np.concatenate(slices, axis=0)
-        return np.transpose(pred.astype(np.uint8), (2, 1, 0))
+            labels = predict_logits(self.onnx, volume, 3, roi_size=self.patch_size,
+                                    batch_size=self.window_batch, device="cpu").argmax(0)
+        pred = prepared.with_array(labels.numpy().astype(np.uint8))
+        return self.preprocessing.to_source_grid(pred, image)
 
 
 def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int = 64 * 2**20,
@@ -112,7 +144,7 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
     """Build the FastAPI app serving ``model_path`` (see the module docstring for the API).
 
     Args:
-        model_path: ONNX model (never a pickle).
+        model_path: ONNX model (never a pickle) exported with its ``preprocessing``.
         num_classes: classes including background.
         max_upload_bytes: largest accepted request body (413 beyond, counted while streaming).
         max_voxels: largest accepted volume (422 beyond), checked from the header before the
@@ -125,6 +157,9 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
 
     Returns:
         A ``fastapi.FastAPI`` application (run it with uvicorn, see `run_server`).
+
+    Raises:
+        MissingPreprocessingError, ValueError: see `VolumeSegmenter`.
     """
     from fastapi import FastAPI, Query, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -191,10 +226,14 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
             array, image = parse_nifti(data, max_voxels)
         metrics.observe_intensity(float(array.mean(dtype=np.float64)),
                                   float(array.std(dtype=np.float64)))
+        try:
+            scan = Volume.from_affine_ras(array, image.affine)
+        except ValueError as err:  # a sheared affine has no ITK geometry
+            raise ServiceError(422, f"unsupported geometry: {err}") from err
         if not slots.acquire(timeout=queue_timeout_s):
             raise ServiceError(503, "all inference slots busy; retry later")
         try:
-            pred = segmenter.segment(array)
+            pred = np.transpose(segmenter.segment(scan).array, (2, 1, 0))  # (X, Y, Z)
         finally:
             slots.release()
         zooms = [float(z) for z in image.header.get_zooms()[:3]]

@@ -4,7 +4,8 @@ of size, latency and Dice per variant on the same held-out test patients.
 `export_trained_model` is what ``medseg export`` runs: a trained run's network exported
 to ONNX, TorchScript, a ``torch.export`` program or static int8 ONNX, with an example
 input and int8 calibration slices taken from the run's own (preprocessed) training data,
-then checked against eager PyTorch on real test slices.
+carrying the run's preprocessing (its slice cache's settings) in the file, then checked
+against eager PyTorch on real test slices.
 
 `variant_table` scores any mix of eager models (e.g. pruned ones, `medseg_helpers.deploy.prune`)
 and exported files on the test patients of `TrainedModel.split`:
@@ -46,6 +47,7 @@ from medseg_helpers.deploy.export import (
     export_program,
     export_torchscript,
 )
+from medseg_helpers.deploy.preprocessing import Preprocessing
 from medseg_helpers.deploy.quantize import quantize_onnx_int8
 from medseg_helpers.deploy.runtime import load_exported
 from medseg_helpers.inferers import predict_logits
@@ -179,6 +181,9 @@ def export_trained_model(trained: TrainedModel, fmt: str, out_path: PathLike, *,
         atol: parity tolerance on the logits for the float formats; int8 is expected to
             differ (``passed`` then says whether >= 99 % of voxels keep their class).
 
+    The file carries ``Preprocessing.from_settings(trained.cache.settings)``, what
+    `medseg_helpers.deploy.serve` applies to uploads.
+
     Returns:
         ``{"format", "path", "size_mb", "seconds", "max_abs_diff", "mean_abs_diff",
         "argmax_agreement", "num_inputs", "passed"}`` (parity on real test slices).
@@ -190,18 +195,20 @@ def export_trained_model(trained: TrainedModel, fmt: str, out_path: PathLike, *,
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     model = trained.model.cpu().eval()
     example = example_input(trained)
+    preprocessing = Preprocessing.from_settings(trained.cache.settings)
     out_path = Path(out_path)
     start = time.perf_counter()
     with quiet_exporters():
         if fmt == "onnx":
-            export_onnx(model, example, out_path)
+            export_onnx(model, example, out_path, preprocessing=preprocessing)
         elif fmt == "program":
-            export_program(model, example, out_path)
+            export_program(model, example, out_path, preprocessing=preprocessing)
         elif fmt == "torchscript":
-            export_torchscript(model, example, out_path)
+            export_torchscript(model, example, out_path, preprocessing=preprocessing)
         else:
             with tempfile.TemporaryDirectory(prefix="medseg-int8-") as tmp:
-                fp32 = export_onnx(model, example, Path(tmp) / "fp32.onnx")
+                fp32 = export_onnx(model, example, Path(tmp) / "fp32.onnx",
+                                   preprocessing=preprocessing)
                 quantize_onnx_int8(fp32, out_path, calibration_images(trained, calibration_count))
         seconds = time.perf_counter() - start
         report = check_parity(model, out_path, _test_batches(trained), atol=atol)
