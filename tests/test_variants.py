@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ pytest.importorskip("onnxscript")
 from conftest import smoke_course_model
 
 from medseg_helpers.cli import main  # noqa: E402
+from medseg_helpers.deploy.preprocessing import Preprocessing, read_preprocessing  # noqa: E402
 from medseg_helpers.deploy.prune import make_permanent, prune_channels, remove_pruned_channels  # noqa: E402
 from medseg_helpers.deploy.variants import (  # noqa: E402
     calibration_images,
@@ -42,6 +45,15 @@ def run(tmp_path_factory):
 def test_cli_export_writes_a_file_that_passes_parity(run, fmt) -> None:
     _, paths, codes = run
     assert codes[fmt] == 0 and paths[fmt].stat().st_size > 0
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_cli_export_carries_the_training_preprocessing(run, fmt) -> None:
+    trained, paths, _ = run
+    read = read_preprocessing(paths[fmt])
+    assert read == Preprocessing.from_settings(trained.cache.settings)
+    fields = ("normalisation", "normalisation_kwargs", "spacing_mm", "axis")
+    assert json.loads(read.to_json()) == {k: trained.cache.settings[k] for k in fields}
 
 
 def test_cli_export_prints_the_parity_and_the_size(run, capsys) -> None:
