@@ -62,6 +62,7 @@ _EXPORTS = {
     "merge_slices": "slicing",
     "point_in": "phantom_anatomy",
     "prepare_case": "case_cache",
+    "prepare_image": "case_cache",
     "preprocessing_settings": "case_cache",
     "read_class_names": "decathlon",
     "read_decathlon": "decathlon",

@@ -104,16 +104,36 @@ def prepare_case(case: Case, settings: dict) -> tuple[Volume, Volume, Volume]:
             check_label_values(label.array, case.label_values)
         if label.array.min() < 0 or label.array.max() > 255:
             raise ValueError("label values must lie in [0, 255] to be stored as uint8")
-        source = image
+        prepared = prepare_image(image, settings["spacing_mm"], settings["normalisation"],
+                                 settings["normalisation_kwargs"])
         if settings["spacing_mm"] is not None:
-            image = preprocess.resample_to_spacing(image, settings["spacing_mm"])
             label = preprocess.resample_to_spacing(label, settings["spacing_mm"], is_label=True)
-        normalise = NORMALISATIONS[settings["normalisation"]]
-        channels = image.array if image.array.ndim == 4 else image.array[np.newaxis]
-        normed = np.stack([normalise(c, **settings["normalisation_kwargs"]) for c in channels])
     except (ValueError, OSError) as err:
         raise _with_case(err, case) from err
-    return image.with_array(normed), label.with_array(label.array.astype(np.uint8)), source
+    return prepared, label.with_array(label.array.astype(np.uint8)), image
+
+
+def prepare_image(image: Volume, spacing_mm: Sequence[float] | None, normalisation: str,
+                  normalisation_kwargs: dict[str, Any]) -> Volume:
+    """Resample (linear) to ``spacing_mm`` if given, then normalise each channel.
+
+    The one image preprocessing of the course: training caches (`prepare_case`) and the
+    service (`deploy.preprocessing.Preprocessing.apply`) both call it.
+
+    Args:
+        image: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` scan with its geometry (raw intensities).
+        spacing_mm: target voxel size ``(sz, sy, sx)`` in mm; None keeps the grid.
+        normalisation: a name in `NORMALISATIONS` (e.g. ``"zscore"``).
+        normalisation_kwargs: its keyword arguments.
+
+    Returns:
+        ``(C, Z', Y', X')`` float32 with the (resampled) geometry.
+    """
+    if spacing_mm is not None:
+        image = preprocess.resample_to_spacing(image, spacing_mm)
+    normalise = NORMALISATIONS[normalisation]
+    channels = image.array if image.array.ndim == 4 else image.array[np.newaxis]
+    return image.with_array(np.stack([normalise(c, **normalisation_kwargs) for c in channels]))
 
 
 # ------------------------------------------------------------------------ cache folders

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from medseg_helpers.data.case_cache import NORMALISATIONS, preprocessing_settings
+from medseg_helpers.data.case_cache import prepare_image, preprocessing_settings
 from medseg_helpers.data.volume import Volume
-from medseg_helpers.transforms.preprocess import resample_to_spacing
 
 PathLike = str | os.PathLike
 #: ONNX ``metadata_props`` key, and the name of the extra file in ``.pt2``/``.pt`` archives.
@@ -96,12 +95,8 @@ class Preprocessing:
             ``(C, Z', Y', X')`` float32 on the preprocessed grid: resampled (linear) to
             ``spacing_mm`` if set, then each channel normalised.
         """
-        if self.spacing_mm is not None:
-            image = resample_to_spacing(image, self.spacing_mm)
-        normalise = NORMALISATIONS[self.normalisation]
-        channels = image.array if image.array.ndim == 4 else image.array[np.newaxis]
-        return image.with_array(
-            np.stack([normalise(c, **self.normalisation_kwargs) for c in channels]))
+        return prepare_image(image, self.spacing_mm, self.normalisation,
+                             self.normalisation_kwargs)
 
     def to_source_grid(self, labels: Volume, source: Volume) -> Volume:
         """Labels on the preprocessed grid, back on ``source``'s grid.
