@@ -1,7 +1,7 @@
 # CPU image for the medseg inference service (ONNX Runtime behind FastAPI/uvicorn).
 #
 # Build and run (mount the exported model read-only; the container never trains):
-#   medseg export runs/train-cpu-unet-2d --format onnx --out runs/export/model.onnx
+#   medseg export runs/course-full/train-full-unet-2d --format onnx --out runs/export/model.onnx
 #   docker build -t medseg-serve .
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/export:/models:ro" \
 #       -e MEDSEG_NUM_CLASSES=3 medseg-serve

@@ -6,8 +6,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# PROFILE=cpu make course (or MEDSEG_PROFILE=cpu make course): smoke | cpu | gpu.
-PROFILE ?= $(or $(MEDSEG_PROFILE),smoke)
+# make course PROFILE=smoke (or MEDSEG_PROFILE=smoke make course): full | smoke | decathlon.
+PROFILE ?= $(or $(MEDSEG_PROFILE),full)
 TORCH_PIN := torch==2.13.0
 EXTRAS := course,deploy,tune,explain,dev
 LOCK := requirements/cpu-lock.txt
@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
-## The whole course (PROFILE=cpu for real learning, PROFILE=gpu downloads Task04_Hippocampus).
+## The whole course: full (the default: real learning on synthetic data), smoke (seconds,
+## nothing learnt), decathlon (downloads Task04_Hippocampus; for a GPU).
 ## Writes runs/course-$(PROFILE)/report.md and report.html; fails if a threshold is missed.
 course: setup
 	$(BIN)/medseg data synth --profile $(PROFILE)
@@ -51,7 +52,7 @@ check: setup
 	$(BIN)/medseg course check
 
 pytest: setup
-	$(BIN)/pytest -q
+	MEDSEG_PROFILE=smoke $(BIN)/pytest -q
 
 nbtest: setup
 	MEDSEG_PROFILE=smoke MEDSEG_RUN_DIR=$(MEDSEG_RUN_DIR)/nbval \

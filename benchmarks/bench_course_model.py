@@ -1,21 +1,21 @@
-"""The course model: time-to-Dice and test Dice over seeds, a crop recipe against the course's.
+"""The course model: time-to-Dice and test Dice over seeds, its recipe against the previous one.
 
 Run: ``.venv/bin/python benchmarks/bench_course_model.py`` (3 seeds x 2 recipes; about
 20 minutes on 2 idle cores), ``--seeds 0`` for one seed, ``--quick`` for a smoke run.
 Measure with nothing else running: two PyTorch processes on 2 cores slow each other far
 more than 2x.
 
-Both recipes train on the same synthetic dataset (``--cases`` patients of the profile's
-volume shape, split 60/20/20 % by patient, stratified by lesion presence), with the same
-seed, through `train_from_config`:
+Both recipes train on the profile's course dataset (80 synthetic patients under ``full``,
+split 60/20/20 % by patient, stratified by lesion presence; ``--cases N`` generates
+another size), with the same seed, through `train_from_config`:
 
-- ``course``: `course_model_config` of the profile, as notebook 05 trains it today
-  (whole 96x96 slices, 10 % empty slices, no augmentation, batch 16), for 9 epochs:
-  on 48 training patients about as many steps as notebook 05's 30 epochs on 14;
-- ``crops``: the same U-Net at half the width (base 8) and the same loss on 64x64 crops,
-  half of them centred on a lesion pixel and a quarter on the organ (`SliceCropDataset`),
-  light augmentation (flip, small affine, intensity), 16 epochs of 128 steps, cosine
-  schedule with warm-up (`CROPS`).
+- ``course``: `course_model_config` of the profile, as notebook 05 trains it: under
+  ``full`` a U-Net of width 8 on 64x64 crops, half of them centred on a lesion pixel and
+  a quarter on the organ (`SliceCropDataset`), light augmentation (flip, small affine,
+  intensity), 16 epochs of 128 steps, cosine schedule with warm-up;
+- ``previous``: the recipe it replaced (`PREVIOUS`): width 16 on whole 96x96 slices, 10 %
+  empty slices, no augmentation, batch 16, lr 3e-3, 9 epochs (on 48 training patients
+  about as many steps as the former 30 epochs on 14).
 
 Printed: per recipe and seed, the training seconds, the best and last validation Dice,
 and the test patients' mean foreground Dice and per-class Dice of the best checkpoint
@@ -38,11 +38,10 @@ from typing import Any
 
 import pandas as pd
 
-#: What the ``crops`` recipe changes in the course recipe.
-CROPS: dict[str, Any] = {"crop_size": (64, 64), "centre_ratios": (1.0, 1.0, 2.0),
-                         "samples_per_epoch": 2048, "batch_size": 16, "augmentation": "light",
-                         "model_kwargs": {"base_channels": 8}, "max_epochs": 16, "lr": 5e-3,
-                         "warmup_epochs": 1, "val_every": 2}
+#: The course recipe before crops: what ``previous`` changes in the ``full`` course recipe.
+PREVIOUS: dict[str, Any] = {"crop_size": None, "empty_slice_fraction": 0.1, "augmentation": None,
+                            "model_kwargs": {"base_channels": 16}, "max_epochs": 9, "lr": 3e-3,
+                            "warmup_epochs": 1, "val_every": 1}
 #: Predicted lesion blobs smaller than this are dropped in the ``+small blobs removed``
 #: scores (the smallest real lesion of the synthetic data has about 36 voxels).
 MIN_LESION_VOXELS = 10
@@ -56,7 +55,7 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
     from medseg_helpers.training.job import train_from_config
     from medseg_helpers.transforms.labels import remove_small_components
 
-    overrides: dict[str, Any] = dict(CROPS) if recipe == "crops" else {"max_epochs": 9}
+    overrides: dict[str, Any] = dict(PREVIOUS) if recipe == "previous" else {}
     if quick:
         overrides.update(max_epochs=1, samples_per_epoch=32)
     config = course_model_config(profile, seed=seed, progress=False, tensorboard=False,
@@ -85,25 +84,27 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--profile", default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="+", default=["crops", "course"],
-                        choices=["crops", "course"])
-    parser.add_argument("--cases", type=int, default=80, help="synthetic patients")
+    parser.add_argument("--recipes", nargs="+", default=["course", "previous"],
+                        choices=["course", "previous"])
+    parser.add_argument("--cases", type=int, default=None,
+                        help="synthetic patients (default: the profile's course dataset)")
     parser.add_argument("--quick", action="store_true", help="one tiny epoch: a smoke run")
     parser.add_argument("--plot", type=Path, help="save the time-to-Dice curves as PNG")
     args = parser.parse_args(argv)
 
-    from medseg_helpers.course.data import ensure_synthetic_dataset
+    from medseg_helpers.course.data import ensure_course_dataset, ensure_synthetic_dataset
     from medseg_helpers.device import describe_environment
     from medseg_helpers.paths import get_data_dir
 
     env = describe_environment()
     print(f"# bench_course_model: profile {args.profile}, torch {env['torch']}, "
           f"{os.cpu_count()} cores, {env['cpu threads']} threads, device {env['device']}")
-    data_dir = ensure_synthetic_dataset(  # generated before any clock starts
-        args.profile, num_cases=args.cases,
-        out_dir=get_data_dir(create=True) / f"Synthetic_MR_bench{args.cases}")
+    data_dir = (ensure_course_dataset(args.profile) if args.cases is None  # before any clock
+                else ensure_synthetic_dataset(
+                    args.profile, num_cases=args.cases,
+                    out_dir=get_data_dir(create=True) / f"Synthetic_MR_bench{args.cases}"))
     rows, curves = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:  # recipes interleaved within each seed
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(6, 4))
         for (recipe, seed), part in curve.groupby(["recipe", "seed"]):
             ax.plot(part["seconds"], part["val_dice"], marker=".",
-                    color="C0" if recipe == "crops" else "C1", alpha=0.4 + 0.2 * seed,
+                    color="C0" if recipe == "course" else "C1", alpha=0.4 + 0.2 * seed,
                     label=f"{recipe}, seed {seed}")
         ax.set(xlabel="training wall seconds (validation included)",
                ylabel="validation mean foreground Dice", ylim=(0, 1))

@@ -1,6 +1,6 @@
 """Size, latency and Dice of each deployment variant of the course model (one table).
 
-Run: ``.venv/bin/python benchmarks/bench_inference.py --profile cpu`` (uses the model
+Run: ``.venv/bin/python benchmarks/bench_inference.py --profile full`` (uses the model
 notebook 05 trained under ``$MEDSEG_RUN_DIR``, training it first if missing), or
 ``--run-dir DIR`` for any finished training run; ``--quick`` for a smoke run. The service
 throughput is measured by ``bench_service.py``.

@@ -17,7 +17,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg_helpers.course.profiles import PROFILES
+from medseg_helpers.course.profiles import PROFILES, get_profile_name
+
+
+def _profile(name: str) -> str:
+    """argparse type for ``--profile``: a known name, or the error naming the right one."""
+    try:
+        return get_profile_name(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -273,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth = data.add_parser("synth", help="write the synthetic phantom dataset (Decathlon layout)")
     synth.add_argument("--flavour", choices=("mr", "ct"), default="mr")
-    synth.add_argument("--profile", choices=PROFILES, default=None, help="sizes from a profile")
+    synth.add_argument("--profile", type=_profile, default=None,
+                       help=f"sizes from a profile: {', '.join(PROFILES)}")
     synth.add_argument("--num-cases", type=int, default=None)
     synth.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None)
     synth.add_argument("--seed", type=int, default=0)
@@ -296,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model from a profile and/or YAML config (see TrainConfig)"
     )
-    train.add_argument("--profile", choices=PROFILES, default=None,
-                       help="defaults to $MEDSEG_PROFILE or smoke")
+    train.add_argument("--profile", type=_profile, default=None,
+                       help=f"{', '.join(PROFILES)}; default $MEDSEG_PROFILE, else full")
     train.add_argument("--config", default=None,
                        help="YAML of TrainConfig fields, over the profile's course recipe")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -326,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune", help="hyper-parameter search (Optuna); the same --storage and --study-name "
         "on several processes or machines join one study")
-    tune.add_argument("--profile", choices=PROFILES, default=None)
+    tune.add_argument("--profile", type=_profile, default=None,
+                      help=f"{', '.join(PROFILES)}; default $MEDSEG_PROFILE, else full")
     tune.add_argument("--config", default=None, help="base TrainConfig YAML (else the profile)")
     tune.add_argument("--epochs", type=int, default=None, help="epochs per trial")
     tune.add_argument("--trials", type=int, required=True, help="total trials of the study")
@@ -361,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="course_command", required=True
     )
     run = course.add_parser("run", help="run the notebooks in order with papermill")
-    run.add_argument("--profile", choices=PROFILES, default=None)
+    run.add_argument("--profile", type=_profile, default=None,
+                     help=f"{', '.join(PROFILES)}; default $MEDSEG_PROFILE, else full")
     run.add_argument("--out", default=None, help="run directory (default runs/course-PROFILE)")
     run.add_argument("--only", nargs="+", default=None, help="notebook prefixes, e.g. 00 05")
     run.add_argument("--timeout", type=float, default=None, help="seconds per notebook")

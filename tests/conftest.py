@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Tests run the tiny profile unless they choose one (`make test` sets it too); the
+# default profile, ``full``, would train for minutes wherever a test leaves it unset.
+os.environ.setdefault("MEDSEG_PROFILE", "smoke")
 
 from medseg_helpers.data import dicom
 from medseg_helpers.data.volume import Volume

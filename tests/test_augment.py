@@ -251,3 +251,36 @@ def test_update_check_is_skipped_unless_the_user_chose_otherwise(monkeypatch):
     monkeypatch.setenv("NO_ALBUMENTATIONS_UPDATE", "0")  # the user's choice is kept
     aug.skip_albumentations_update_check()
     assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "0"
+
+
+# --------------------------------------------------------------------------- preset_flips
+
+
+@pytest.mark.parametrize("preset", aug.PRESETS)
+def test_preset_flips_2d_are_exactly_the_flips_in_the_pipeline(preset: str) -> None:
+    names = {type(t).__name__ for t in aug.build_2d_augmentation(preset).transforms}
+    assert "HorizontalFlip" in names  # flips W: dim 3 of a (B, C, H, W) batch
+    assert not names & {"VerticalFlip", "D4", "Transpose", "RandomRotate90", "SquareSymmetry"}
+    assert aug.preset_flips(preset, 2) == [(), (3,)]
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("light", [(), (4,)]),
+    ("medium", [(), (4,)]),
+    ("heavy", [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]),
+])
+def test_preset_flips_3d_match_the_monai_flip_axes(preset: str, expected: list) -> None:
+    from monai.transforms import RandFlipd
+
+    pipeline = aug.build_3d_augmentation(preset)
+    # RandFlipd's spatial_axis counts from the first spatial axis of (C, Z, Y, X); a batch
+    # (B, C, Z, Y, X) puts that axis at dim 2
+    axes = {2 + t.flipper.spatial_axis for t in pipeline.transforms if isinstance(t, RandFlipd)}
+    assert axes == set().union(*map(set, expected))
+    assert aug.preset_flips(preset, 3) == expected
+
+
+def test_preset_flips_without_augmentation_is_the_identity_only() -> None:
+    assert aug.preset_flips(None, 2) == [()]
+    with pytest.raises(ValueError, match="preset must be None or one of"):
+        aug.preset_flips("strong", 2)

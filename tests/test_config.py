@@ -8,31 +8,44 @@ from medseg_helpers.device import describe_environment, get_device, seed_everyth
 from medseg_helpers.paths import get_data_dir, get_run_dir
 
 
-def test_profile_defaults_to_smoke(monkeypatch):
+def test_profile_defaults_to_full_the_one_that_learns(monkeypatch):
     monkeypatch.delenv("MEDSEG_PROFILE", raising=False)
-    assert get_profile_name() == "smoke"
+    assert get_profile_name() == "full"
 
 
 def test_profile_comes_from_environment_and_is_case_insensitive(monkeypatch):
-    monkeypatch.setenv("MEDSEG_PROFILE", " CPU ")
-    assert profile_defaults().name == "cpu"
+    monkeypatch.setenv("MEDSEG_PROFILE", " SMOKE ")
+    assert profile_defaults().name == "smoke"
 
 
 def test_explicit_profile_beats_environment(monkeypatch):
-    monkeypatch.setenv("MEDSEG_PROFILE", "cpu")
-    assert profile_defaults("gpu").name == "gpu"
+    monkeypatch.setenv("MEDSEG_PROFILE", "smoke")
+    assert profile_defaults("decathlon").name == "decathlon"
 
 
 def test_unknown_profile_is_rejected_with_the_choices():
-    with pytest.raises(ValueError, match="unknown profile 'fast'; choose one of smoke, cpu, gpu"):
+    with pytest.raises(ValueError,
+                       match="unknown profile 'fast'; choose one of full, smoke, decathlon"):
         get_profile_name("fast")
 
 
-def test_profiles_grow_from_smoke_to_gpu():
-    smoke, cpu, gpu = (profile_defaults(name) for name in PROFILES)
-    assert smoke.max_epochs < cpu.max_epochs < gpu.max_epochs
-    assert smoke.dataset == cpu.dataset == "synthetic" and not smoke.download
-    assert gpu.dataset.startswith("Task") and gpu.download
+@pytest.mark.parametrize(("old", "new"), [("cpu", "full"), ("gpu", "decathlon"), ("CPU", "full")])
+def test_former_profile_names_are_refused_with_the_new_name(monkeypatch, old, new):
+    with pytest.raises(ValueError, match=f"profile '{old.lower()}' is now called '{new}'"):
+        get_profile_name(old)
+    monkeypatch.setenv("MEDSEG_PROFILE", old)
+    with pytest.raises(ValueError, match=f"now called '{new}'"):
+        profile_defaults()
+
+
+def test_profiles_smoke_is_tiny_full_learns_on_synthetic_data_decathlon_downloads():
+    full, smoke, decathlon = (profile_defaults(name) for name in PROFILES)
+    assert smoke.max_epochs < full.max_epochs < decathlon.max_epochs
+    assert smoke.dataset == full.dataset == "synthetic" and not full.download
+    assert decathlon.dataset.startswith("Task") and decathlon.download
+    # 80 patients: 16 of them are test patients at the 20 % test share
+    assert full.num_cases == 80 and round(0.2 * full.num_cases) >= 12
+    assert full.crop_size == (64, 64) and smoke.crop_size is None is decathlon.crop_size
 
 
 def test_data_and_run_dirs_follow_environment_and_are_created_only_on_request(monkeypatch,

@@ -53,8 +53,8 @@ def test_record_rejects_values_that_are_not_json():
     ],
 )
 def test_thresholds(monkeypatch, metrics, expected):
-    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
-    assert runner.check_thresholds("cpu", "05_training", metrics) == expected
+    monkeypatch.setitem(profiles.THRESHOLDS, "full", {"05_training": {"val_dice": (">=", 0.85)}})
+    assert runner.check_thresholds("full", "05_training", metrics) == expected
 
 
 def test_a_recorded_nan_is_null_and_fails_its_threshold_as_missing(tmp_path, monkeypatch):
@@ -65,11 +65,11 @@ def test_a_recorded_nan_is_null_and_fails_its_threshold_as_missing(tmp_path, mon
     path = runner.record("05_training", {"val_dice": np.float64("nan"), "hd95_mm": math.inf},
                          run_dir=tmp_path)
     assert path.read_text(encoding="utf-8") == '{\n  "hd95_mm": null,\n  "val_dice": null\n}\n'
-    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {"val_dice": (">=", 0.85)}})
+    monkeypatch.setitem(profiles.THRESHOLDS, "full", {"05_training": {"val_dice": (">=", 0.85)}})
     metrics = json.loads(path.read_text(encoding="utf-8"))
-    assert runner.check_thresholds("cpu", "05_training", metrics) == [
+    assert runner.check_thresholds("full", "05_training", metrics) == [
         "val_dice missing (needs >= 0.85)"]
-    assert runner.threshold_checks("cpu", "05_training", metrics)[0]["value"] is None
+    assert runner.threshold_checks("full", "05_training", metrics)[0]["value"] is None
 
 
 @pytest.mark.slow
@@ -97,8 +97,8 @@ def test_run_course_runs_in_order_and_reports(notebooks, tmp_path):
 def test_parameters_cell_receives_the_profile(notebooks, tmp_path):
     _notebook(notebooks / "00_a.ipynb", "from medseg_helpers.course.runner import record\n"
               "record('00_a', {'profile': PROFILE})")  # fmt: skip
-    results = runner.run_course("cpu", tmp_path / "run", notebook_dir=notebooks)
-    assert results[0].metrics == {"profile": "cpu"}
+    results = runner.run_course("full", tmp_path / "run", notebook_dir=notebooks)
+    assert results[0].metrics == {"profile": "full"}
 
 
 @pytest.mark.slow
@@ -126,9 +126,9 @@ def test_unknown_notebook_selection_lists_what_exists(notebooks, tmp_path):
 
 
 def test_threshold_checks_judge_each_metric(monkeypatch):
-    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {
+    monkeypatch.setitem(profiles.THRESHOLDS, "full", {"05_training": {
         "val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0), "lesion_dice": (">=", 0.5)}})
-    checks = runner.threshold_checks("cpu", "05_training", {"val_dice": 0.9, "hd95_mm": 7.5})
+    checks = runner.threshold_checks("full", "05_training", {"val_dice": 0.9, "hd95_mm": 7.5})
     assert checks == [
         {"metric": "val_dice", "rule": ">= 0.85", "value": 0.9, "passed": True},
         {"metric": "hd95_mm", "rule": "<= 5.0", "value": 7.5, "passed": False},
@@ -145,13 +145,13 @@ PNG_1PX = bytes.fromhex(  # a valid 1x1 RGBA PNG
 
 
 def _results(monkeypatch):
-    monkeypatch.setitem(profiles.THRESHOLDS, "cpu", {"05_training": {
+    monkeypatch.setitem(profiles.THRESHOLDS, "full", {"05_training": {
         "best_val_dice": (">=", 0.85), "hd95_mm": ("<=", 5.0)}})
     metrics = {"best_val_dice": 0.91, "epochs": 15}
     good = runner.NotebookResult(
         "05_training", "passed", 62.5, metrics,
-        runner.check_thresholds("cpu", "05_training", metrics),
-        checks=runner.threshold_checks("cpu", "05_training", metrics),
+        runner.check_thresholds("full", "05_training", metrics),
+        checks=runner.threshold_checks("full", "05_training", metrics),
     )  # fmt: skip
     bad = runner.NotebookResult("06_evaluation", "failed", 3.0, error="ValueError: x < 0 & y")
     return [good, bad]
@@ -166,7 +166,7 @@ def test_report_html_is_self_contained_with_metrics_thresholds_and_figures(tmp_p
     (tmp_path / "figures" / "05_training_curves.png").write_bytes(PNG_1PX)
     (tmp_path / "figures" / "050_other.png").write_bytes(PNG_1PX)  # another notebook's
     env = {"torch": "2.13.0+cpu", "device": "cpu"}
-    md = write_report(_results(monkeypatch), "cpu", tmp_path, environment=env,
+    md = write_report(_results(monkeypatch), "full", tmp_path, environment=env,
                       profile_settings={"max_epochs": 15, "volume_shape": (32, 96, 96)})
 
     page = (tmp_path / "report.html").read_text(encoding="utf-8")

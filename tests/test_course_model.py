@@ -96,11 +96,15 @@ def test_predict_logits_rejects_a_batch() -> None:
 
 
 def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
-    cpu = course_model_config("cpu")
-    assert (cpu.max_epochs, cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (30, 16, 3e-3, 1)
-    assert cpu.model == "unet" and cpu.model_kwargs == {"base_channels": 16, "depth": 3}
-    assert cpu.loss == "dice_ce" and cpu.loss_kwargs == {"include_background": False,
-                                                         "batch": True}
+    full = course_model_config("full")
+    assert (full.max_epochs, full.batch_size, full.lr, full.warmup_epochs) == (16, 16, 5e-3, 1)
+    assert (full.crop_size, full.centre_ratios, full.samples_per_epoch) == (
+        (64, 64), (1.0, 1.0, 2.0), 2048)
+    assert (full.augmentation, full.val_every) == ("light", 2)
+    assert full.model == "unet" and full.model_kwargs == {"base_channels": 8, "depth": 3}
+    assert full.loss == "dice_ce" and full.loss_kwargs == {"include_background": False,
+                                                           "batch": True}
+    assert course_model_config("full", spatial_dims=3).crop_size is None  # crops are 2D
     smoke = course_model_config("smoke", max_epochs=3, model_kwargs={"depth": 2})
     assert smoke.max_epochs == 3 and smoke.model_kwargs == {"base_channels": 8, "depth": 2}
     smoke.loss_kwargs["batch"] = False  # each config owns its dicts
@@ -109,15 +113,15 @@ def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
     with pytest.raises(ValueError, match="unknown profile 'laptop'"):
         course_model_config("laptop")
     with pytest.raises(ValueError, match=r"did you mean 'max_epochs'"):
-        course_model_config("cpu", epochs=5)
+        course_model_config("full", epochs=5)
 
 
 def test_run_root_places_the_run_under_a_notebooks_run_dir(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MEDSEG_RUN_DIR", str(tmp_path / "env"))
-    assert course_model_config("cpu").run_dir is None  # $MEDSEG_RUN_DIR/train-cpu-unet-2d
-    mine = course_model_config("cpu", run_root=tmp_path / "mine")
-    assert mine.run_dir == str(tmp_path / "mine" / "train-cpu-unet-2d")
-    assert course_model_config("cpu", run_root=tmp_path / "mine",
-                               spatial_dims=3).run_dir.endswith("train-cpu-unet-3d")
-    explicit = course_model_config("cpu", run_root=tmp_path / "mine", run_dir="elsewhere")
+    assert course_model_config("full").run_dir is None  # $MEDSEG_RUN_DIR/train-full-unet-2d
+    mine = course_model_config("full", run_root=tmp_path / "mine")
+    assert mine.run_dir == str(tmp_path / "mine" / "train-full-unet-2d")
+    assert course_model_config("full", run_root=tmp_path / "mine",
+                               spatial_dims=3).run_dir.endswith("train-full-unet-3d")
+    explicit = course_model_config("full", run_root=tmp_path / "mine", run_dir="elsewhere")
     assert explicit.run_dir == "elsewhere"

@@ -113,10 +113,10 @@ def _make_dry_run(*args: str, **env: str) -> list[str]:
 @pytest.mark.parametrize(
     ("args", "env", "profile"),
     [
-        ((), {}, "smoke"),
-        ((), {"PROFILE": "cpu"}, "cpu"),
-        ((), {"MEDSEG_PROFILE": "gpu"}, "gpu"),
-        (("PROFILE=cpu",), {"MEDSEG_PROFILE": "gpu"}, "cpu"),  # the explicit one wins
+        ((), {}, "full"),  # a learner's default: the profile that learns
+        ((), {"PROFILE": "smoke"}, "smoke"),
+        ((), {"MEDSEG_PROFILE": "decathlon"}, "decathlon"),
+        (("PROFILE=smoke",), {"MEDSEG_PROFILE": "decathlon"}, "smoke"),  # the explicit one wins
     ],
 )
 def test_make_course_takes_the_profile_from_profile_or_medseg_profile(args, env, profile):

@@ -306,9 +306,10 @@ def test_epoch_seed_depends_on_seed_epoch_and_rank() -> None:
 
 
 def test_config_from_profile_with_overrides_round_trips_through_yaml(tmp_path: Path) -> None:
-    config = TrainConfig.from_profile("cpu", spatial_dims=3, lr=3e-4, optimizer="sgd")
-    assert (config.max_epochs, config.batch_size, config.patch_size) == (15, 16, (32, 64, 64))
-    assert config.model_kwargs == {"base_channels": 16} and config.lr == 3e-4
+    config = TrainConfig.from_profile("full", spatial_dims=3, lr=3e-4, optimizer="sgd")
+    assert (config.max_epochs, config.batch_size, config.patch_size) == (16, 16, (32, 64, 64))
+    assert config.model_kwargs == {"base_channels": 8} and config.lr == 3e-4
+    assert config.crop_size is None  # the profile's crops are for 2D training
     config.to_yaml(tmp_path / "run.yaml")
     assert TrainConfig.from_yaml(tmp_path / "run.yaml") == config
     monai = TrainConfig.from_profile("smoke", model="monai_unet")

@@ -1,7 +1,7 @@
 """Which dataset a profile uses, and making sure it is on disk.
 
-``smoke`` and ``cpu`` use the synthetic phantoms (generated in seconds, no network);
-``gpu`` uses a downloaded Decathlon task. Notebooks call `ensure_course_dataset`
+``full`` and ``smoke`` use the synthetic phantoms (generated in seconds, no network);
+``decathlon`` uses a downloaded Decathlon task. Notebooks call `ensure_course_dataset`
 once, so each of them also runs on its own.
 """
 
@@ -72,3 +72,26 @@ def ensure_course_dataset(
     from data_download import download_task
 
     return download_task(defaults.dataset, data_dir=data_dir)
+
+
+#: Patients of the study dataset (`ensure_study_dataset`): 14 train, 5 validation, 5 test.
+STUDY_CASES = 24
+
+
+def ensure_study_dataset(
+    profile: str | None = None, data_dir: str | os.PathLike | None = None
+) -> Path:
+    """The synthetic MR dataset of the notebooks that train many short models (07, 10).
+
+    Each of their trainings validates after every epoch or two, so validation on the
+    course dataset's 16 patients would cost more than the training itself. They use the
+    same phantoms with at most `STUDY_CASES` patients instead: the profile's own
+    dataset when it is no larger (``smoke``), else ``Synthetic_MR_<profile>_24``. The
+    test scores of these notebooks therefore rest on 5 test patients, not 16.
+    """
+    defaults = profile_defaults(profile)
+    if defaults.num_cases <= STUDY_CASES:
+        return ensure_synthetic_dataset(defaults.name, data_dir=data_dir)
+    folder = synthetic_dataset_dir(defaults.name, "mr", data_dir)
+    return ensure_synthetic_dataset(defaults.name, num_cases=STUDY_CASES,
+                                    out_dir=folder.with_name(f"{folder.name}_{STUDY_CASES}"))

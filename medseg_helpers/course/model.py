@@ -7,7 +7,7 @@ what evaluation needs: its config, class names, the saved patient split and a `p
 that returns a label map on the **source** image grid (so metrics use the scan's real
 spacing in mm)::
 
-    trained = ensure_trained_model(course_model_config("cpu"))
+    trained = ensure_trained_model(course_model_config("full"))
     for patient_id in trained.split.test:
         pred = trained.predict(patient_id)             # Volume (Z, Y, X), uint8
         truth = trained.read_label(patient_id)         # Volume, same grid
@@ -63,7 +63,7 @@ def course_model_config(profile: str | None = None, *,
     `ensure_trained_model`.
 
     Args:
-        profile: ``smoke`` | ``cpu`` | ``gpu``; None: ``$MEDSEG_PROFILE``.
+        profile: ``full`` | ``smoke`` | ``decathlon``; None: ``$MEDSEG_PROFILE``, else ``full``.
         run_root: the folder that holds the course's runs (a notebook's ``RUN_DIR``); the
             run itself is ``<run_root>/train-<profile>-<model>-<dims>d``. None:
             ``$MEDSEG_RUN_DIR``. An explicit ``run_dir=`` override wins.

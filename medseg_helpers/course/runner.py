@@ -113,7 +113,7 @@ def run_course(
     """Execute the course notebooks in order and write metrics and a report.
 
     Args:
-        profile: ``smoke`` | ``cpu`` | ``gpu`` (default ``$MEDSEG_PROFILE`` or smoke).
+        profile: ``full`` | ``smoke`` | ``decathlon`` (default ``$MEDSEG_PROFILE``, else full).
         out_dir: run directory; holds ``notebooks/`` (executed copies), ``metrics/``,
             ``metrics.json`` and ``report.md``. Default ``<runs>/course-<profile>``.
         notebooks: stems or prefixes to run (e.g. ``["00", "05_training"]``); all if None.
@@ -122,7 +122,7 @@ def run_course(
         notebook_dir: where the source notebooks are (default ``<repo>/notebooks``).
         on_result: called after each notebook, e.g. to print progress.
 
-    A profile that trains on downloaded data (``gpu``: Task04_Hippocampus) fetches and
+    A profile that trains on downloaded data (``decathlon``: Task04_Hippocampus) fetches and
     verifies it first (`course_data.ensure_course_dataset`), so a network problem stops
     the run at once with the downloader's message instead of failing every notebook.
 

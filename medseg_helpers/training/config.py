@@ -4,7 +4,7 @@ A config starts from a profile (`TrainConfig.from_profile`), which picks epochs,
 size, model width, 3D patch size and dataset; any field can be overridden by keyword (a
 papermill parameter, a CLI flag) and the result round-trips through YAML::
 
-    config = TrainConfig.from_profile("cpu", spatial_dims=3, lr=3e-4)
+    config = TrainConfig.from_profile("full", spatial_dims=3, lr=3e-4)
     config.to_yaml("run.yaml")                   # medseg train --config run.yaml
     assert TrainConfig.from_yaml("run.yaml") == config
 
@@ -66,7 +66,7 @@ class TrainConfig:
             epochs (None: off).
         seed: seeds RNGs, the split and the data order.
         amp: mixed precision when on CUDA. grad_clip_norm: None disables clipping.
-        profile: ``smoke``, ``cpu`` or ``gpu`` (see `medseg_helpers.course.profiles`).
+        profile: ``full``, ``smoke`` or ``decathlon`` (see `medseg_helpers.course.profiles`).
         dataset: ``"synthetic"`` or a Decathlon task such as ``"Task04_Hippocampus"``.
         data_dir: a Decathlon-layout folder; None: the profile's dataset (generated or
             downloaded by `course_data.ensure_course_dataset`).
@@ -166,8 +166,10 @@ class TrainConfig:
         """Defaults of ``profile`` (`config.profile_defaults`), then ``overrides``.
 
         The profile sets ``max_epochs``, ``batch_size``, ``dataset``, the 3D
-        ``patch_size`` and the model width (``base_channels`` of our U-Net, or the
-        equivalent ``channels``/``features`` of MONAI's U-Nets).
+        ``patch_size``, the model width (``base_channels`` of our U-Net, or the
+        equivalent ``channels``/``features`` of MONAI's U-Nets) and, for 2D training,
+        its crops (``crop_size``, ``samples_per_epoch``; ``crop_size=None`` trains on
+        whole slices).
 
         Raises:
             ValueError: an unknown profile or override name (closest field suggested).
@@ -179,6 +181,8 @@ class TrainConfig:
         base = {"profile": defaults.name, "dataset": defaults.dataset,
                 "max_epochs": defaults.max_epochs, "batch_size": defaults.batch_size,
                 "patch_size": defaults.patch_size_3d if spatial_dims == 3 else None,
+                "crop_size": defaults.crop_size if spatial_dims == 2 else None,
+                "samples_per_epoch": defaults.samples_per_epoch,
                 "model_kwargs": _width_kwargs(model, spatial_dims, defaults.base_channels)}
         model_kwargs = {**base["model_kwargs"], **overrides.pop("model_kwargs", {})}
         return cls(**{**base, **overrides, "model_kwargs": model_kwargs})

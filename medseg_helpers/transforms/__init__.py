@@ -36,6 +36,7 @@ _EXPORTS = {
     "pad_to_multiple": "cropping",
     "pad_to_shape": "cropping",
     "perturb_boundary": "label_noise",
+    "preset_flips": "augment",
     "remap_labels": "labels",
     "remove_small_components": "labels",
     "resample_to_spacing": "preprocess",

@@ -20,6 +20,7 @@ what albumentations 2.x does with it; it is not one of the presets.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -301,6 +302,36 @@ def build_3d_augmentation(
     if seed is not None:
         pipeline.set_random_state(seed=seed)
     return pipeline
+
+
+def preset_flips(preset: str | None, spatial_dims: int) -> list[tuple[int, ...]]:
+    """The flips a model trained with ``preset`` has seen, as tensor dims of ``(B, C, *S)``.
+
+    Test-time augmentation should only use transforms the model was trained with (a flip it
+    never saw makes its predictions disagree for a reason that is not uncertainty). Every
+    2D preset flips left-right only (W, dim 3); the 3D presets flip X (dim 4), ``heavy``
+    every axis. ``()`` (no flip) comes first.
+
+    Args:
+        preset: ``None`` (no augmentation: no flip), ``"light"``, ``"medium"``, ``"heavy"``.
+        spatial_dims: 2 or 3.
+
+    Returns:
+        E.g. ``[(), (3,)]`` for any 2D preset; pass to `explain.uncertainty.tta_samples`.
+
+    Raises:
+        ValueError: unknown preset or ``spatial_dims``.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be None or one of {PRESETS}; got {preset!r}")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims}")
+    if preset is None:
+        return [()]
+    if spatial_dims == 3 and preset == "heavy":
+        axes = (2, 3, 4)
+        return [c for r in range(4) for c in itertools.combinations(axes, r)]
+    return [(), (1 + spatial_dims,)]
 
 
 # ------------------------------------------------------------------------------------

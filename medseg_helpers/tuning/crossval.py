@@ -6,7 +6,7 @@ once, at the very end. With few patients one validation split is noisy, so k-fol
 cross-validation rotates the validation role over the development (train + val) patients
 and averages; the test patients never take part::
 
-    config = TrainConfig.from_profile("cpu", max_epochs=5)
+    config = TrainConfig.from_profile("full", max_epochs=5)
     outer, folds = development_folds(config, n_folds=3)   # outer.test stays held out
     table = cross_validate(config, folds, run_dir="runs/cv")  # one row per fold
     table["best_val_dice"].mean()

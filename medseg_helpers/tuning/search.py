@@ -17,7 +17,7 @@ continues where it stopped, and several processes that run `run_study` with the 
 and storage work on one study (machines: share a PostgreSQL/MySQL server, not an SQLite
 file on a network file system, whose locking is unreliable)::
 
-    study = run_study(TrainConfig.from_profile("cpu", max_epochs=4), n_trials=12,
+    study = run_study(TrainConfig.from_profile("full", max_epochs=4), n_trials=12,
                       study_name="lr-wd", sampler="tpe")
     study_dataframe(study)                                # one row per trial
     plot_optimisation_history(study)

@@ -1,12 +1,12 @@
-"""The gpu profile's code path, run in CI on a tiny fake Task04_Hippocampus.
+"""The decathlon profile's code path, run in CI on a tiny fake Task04_Hippocampus.
 
-``medseg course run --profile gpu`` trains on the downloaded Decathlon task
+``medseg course run --profile decathlon`` trains on the downloaded Decathlon task
 Task04_Hippocampus: 1 MR channel, labels 0 background / 1 Anterior / 2 Posterior,
 small volumes of varying size (about 35 x 50 x 35 voxels of 1 mm), and a tarball that
 carries macOS ``._`` metadata files. These tests serve an archive with that layout from
 a local HTTP server (127.0.0.1, nothing leaves the machine), point the manifest's
 checksum at it, and run what the notebooks run: `course_data.ensure_course_dataset`
-for the gpu profile, then `train_job.train_from_config` and
+for the decathlon profile, then `train_job.train_from_config` and
 `course_model.ensure_trained_model` on ``dataset="Task04_Hippocampus"`` for one epoch.
 """
 
@@ -121,21 +121,21 @@ def mirror(archive_dir, tmp_path, monkeypatch) -> list[str]:
     thread.join(timeout=5)
 
 
-def test_gpu_profile_trains_on_hippocampus():
-    assert profile_defaults("gpu").dataset == TASK
-    assert profile_defaults("gpu").download is True
+def test_decathlon_profile_trains_on_hippocampus():
+    assert profile_defaults("decathlon").dataset == TASK
+    assert profile_defaults("decathlon").download is True
 
 
-def test_gpu_profile_downloads_the_task_once(mirror, tmp_path):
+def test_decathlon_profile_downloads_the_task_once(mirror, tmp_path):
     from medseg_helpers.course.data import ensure_course_dataset
     from medseg_helpers.data.decathlon import read_decathlon
 
-    folder = ensure_course_dataset("gpu")
+    folder = ensure_course_dataset("decathlon")
     assert folder == tmp_path / "data" / TASK
     assert json.loads((folder / "dataset.json").read_text())["labels"] == LABELS
     cases = read_decathlon(folder)
     assert len(cases) == len(SHAPES_XYZ)  # the listed ._ entry is skipped
-    assert ensure_course_dataset("gpu") == folder  # second call: marker, no network
+    assert ensure_course_dataset("decathlon") == folder  # second call: marker, no network
     assert mirror == [f"/{TASK}.tar"]
 
 
@@ -172,7 +172,7 @@ def test_train_from_config_on_the_downloaded_task(mirror, tmp_path, one_thread):
     assert np.allclose(pred.spacing_mm, truth.spacing_mm)
 
 
-def test_course_run_gpu_fetches_the_task_before_any_notebook(mirror, tmp_path, monkeypatch):
+def test_course_run_decathlon_fetches_the_task_before_any_notebook(mirror, tmp_path, monkeypatch):
     from medseg_helpers.course import runner
 
     folder = tmp_path / "notebooks"
@@ -186,12 +186,12 @@ def test_course_run_gpu_fetches_the_task_before_any_notebook(mirror, tmp_path, m
 
     monkeypatch.setattr(runner, "_run_notebook", fake_run)
     monkeypatch.setattr(runner, "write_course_report", lambda *args: None)
-    runner.run_course("gpu", tmp_path / "run", notebook_dir=folder)
-    assert seen == [("gpu", True)]
+    runner.run_course("decathlon", tmp_path / "run", notebook_dir=folder)
+    assert seen == [("decathlon", True)]
     assert mirror == [f"/{TASK}.tar"]
 
 
-def test_course_run_gpu_offline_stops_with_the_downloaders_message(tmp_path, monkeypatch):
+def test_course_run_decathlon_offline_stops_with_the_downloaders_message(tmp_path, monkeypatch):
     from data_download import DownloadError
     from medseg_helpers.course import runner
 
@@ -200,15 +200,15 @@ def test_course_run_gpu_offline_stops_with_the_downloaders_message(tmp_path, mon
     monkeypatch.setattr("data_download.downloader._sleep", lambda s: None)
     monkeypatch.setattr(runner, "_run_notebook", lambda *a: pytest.fail("must not run"))
     with pytest.raises(DownloadError, match=TASK):
-        runner.run_course("gpu", tmp_path / "run")
+        runner.run_course("decathlon", tmp_path / "run")
 
 
-def test_3d_training_with_the_gpu_patch_on_volumes_smaller_than_it(mirror, one_thread):
-    """The gpu profile's 3D patch (40, 56, 40) exceeds every Hippocampus volume."""
+def test_3d_training_with_the_decathlon_patch_on_volumes_smaller_than_it(mirror, one_thread):
+    """The decathlon profile's 3D patch (40, 56, 40) exceeds every Hippocampus volume."""
     from medseg_helpers.course.model import course_model_config
     from medseg_helpers.training.job import train_from_config
 
-    patch = profile_defaults("gpu").patch_size_3d
+    patch = profile_defaults("decathlon").patch_size_3d
     config = course_model_config("smoke", dataset=TASK, spatial_dims=3, patch_size=patch,
                                  max_epochs=1, batch_size=2, progress=False, tensorboard=False,
                                  val_fraction=0.25, test_fraction=0.25)
