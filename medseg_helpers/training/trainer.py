@@ -98,7 +98,7 @@ class Trainer:
         sw_batch_size: windows per forward pass.
         sw_overlap: overlap of neighbouring windows (Gaussian-weighted blending).
         val_inferer: ``val_inferer(model, image) -> logits`` used for validation instead of
-            the above, e.g. `inference.SliceBySliceInferer` to score a 2D model on whole
+            the above, e.g. `inferers.SliceBySliceInferer` to score a 2D model on whole
             ``(B, C, D, H, W)`` volumes (per-case Dice rather than per-slice).
         run_dir: where logs and checkpoints go; None writes nothing.
         config: plain dict stored in checkpoints and written as ``config.yaml``.
