@@ -3,6 +3,7 @@ the slice cache and the patch dataset, and leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,16 @@ def test_source_deleted_after_listing_is_reported(tmp_path):
 def test_bad_cache_settings_are_rejected(cases, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_slice_cache(cases, tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o077, 0o700)])
+def test_atomically_built_folder_is_readable_as_the_umask_says(tmp_path, umask, mode):
+    from medseg_helpers.data.case_cache import build_atomically
+
+    old = os.umask(umask)
+    try:
+        build_atomically(tmp_path / "cache", lambda tmp: (tmp / "index.json").write_text("{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == mode  # as mkdir would have made it
+    assert (tmp_path / "cache" / "index.json").read_text() == "{}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,13 @@ def test_write_text_atomic_creates_the_folder_and_leaves_no_temporary(tmp_path):
     path = write_text_atomic(tmp_path / "new" / "a.txt", "hello")
     assert path.read_text(encoding="utf-8") == "hello"
     assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_are_readable_as_the_umask_says(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = write_text_atomic(tmp_path / "report.md", "# report\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode  # as open(path, "w") would have made it

@@ -30,6 +30,7 @@ import numpy as np
 from medseg_helpers.data.decathlon import Case
 from medseg_helpers.data.io import load_image_label_pair
 from medseg_helpers.data.volume import Volume
+from medseg_helpers.fileutil import current_umask
 from medseg_helpers.transforms import preprocess
 from medseg_helpers.transforms.labels import check_label_values
 
@@ -177,6 +178,7 @@ def build_atomically(folder: Path, build: Callable[[Path], None]) -> None:
     """Run ``build(tmp)`` in a temporary sibling folder, then swap it in for ``folder``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the cache need not be
     old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
     try:
         build(tmp)
