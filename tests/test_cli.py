@@ -111,3 +111,11 @@ def test_train_config_file_with_a_misspelt_key_exits_2(tmp_path, capsys):
     (tmp_path / "run.yaml").write_text("profile: smoke\nepochs: 3\n")
     assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
     assert "did you mean 'max_epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("old", "new"), [("cpu", "full"), ("gpu", "decathlon")])
+def test_a_former_profile_name_is_a_usage_error_naming_the_new_one(capsys, old, new):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--profile", old])
+    assert stop.value.code == 2
+    assert f"profile '{old}' is now called '{new}'" in capsys.readouterr().err

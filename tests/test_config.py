@@ -91,3 +91,16 @@ def test_seed_everything_repeats_random_draws():
 def test_describe_environment_names_the_main_libraries():
     info = describe_environment()
     assert {"python", "torch", "monai", "albumentations", "device"} <= info.keys()
+
+
+def test_study_dataset_has_24_patients_beside_the_full_dataset_and_is_smokes_own(
+        monkeypatch, tmp_path):
+    from medseg_helpers.course import data
+
+    calls = []
+    monkeypatch.setattr(data, "ensure_synthetic_dataset",
+                        lambda profile, **kwargs: calls.append((profile, kwargs)) or tmp_path)
+    data.ensure_study_dataset("full", tmp_path)
+    data.ensure_study_dataset("smoke", tmp_path)  # 8 patients: no smaller copy
+    assert calls == [("full", {"num_cases": 24, "out_dir": tmp_path / "Synthetic_MR_full_24"}),
+                     ("smoke", {"data_dir": tmp_path})]
