@@ -49,6 +49,9 @@ def test_a_variant_trains_without_test_patients_and_is_scored_on_them(
     assert list(result.per_case["patient_id"]) == list(experiment.split.test)
     assert set(result.test_dice) == {"organ", "lesion"}
     assert result.row()["train_cases"] == 2 and result.metrics["global_step"] >= 1
+    # Exactly the chosen patients train; the reference validation patients validate.
+    assert result.run_trained.split.train == tuple(sorted(experiment.split.train[:2]))
+    assert result.run_trained.split.val == experiment.split.val
     assert sorted(experiment.train_order()) == sorted(experiment.split.train)
     assert set(experiment.score("two", which="last")) == {"organ", "lesion"}
     table = experiment.disagreement("two")

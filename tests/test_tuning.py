@@ -258,3 +258,23 @@ def test_cross_validate_trains_each_fold_on_its_split(env):
     assert sorted(saved["val"]) == sorted(folds[1].val)
     result = crossval.evaluate_run(env / "cv" / "fold-0", outer.test)
     assert result["num_patients"] == len(outer.test) and 0 <= result["dice"] <= 1
+
+
+def test_one_standard_error_rule_ties_close_candidates_and_ships_the_conservative_one():
+    # a: mean 0.80, std 0.1 over 4 folds -> standard error 0.05; b (0.76) ties, c (0.70)
+    # does not. b and a share lr 0.01; b has the larger weight decay, so it is chosen.
+    spread = 0.1 * np.sqrt(1.5)  # four folds 0.8 -+ spread, 0.8, 0.8: sample std 0.1
+    folds = {"a": [0.8 - spread, 0.8, 0.8, 0.8 + spread], "b": [0.76] * 4, "c": [0.70] * 4}
+    params = {"a": {"lr": 1e-2, "weight_decay": 1e-4}, "b": {"lr": 1e-2, "weight_decay": 1e-2},
+              "c": {"lr": 1e-4, "weight_decay": 0.0}}
+    choice = crossval.choose_one_standard_error(folds, params)
+    assert choice.best == "a" and choice.tied == ("a", "b")
+    assert choice.standard_error == pytest.approx(0.05)
+    assert choice.chosen == "b"
+    # a lower learning rate outranks weight decay among ties
+    params["a"]["lr"] = 1e-3
+    assert crossval.choose_one_standard_error(folds, params).chosen == "a"
+    with pytest.raises(ValueError, match="at least 2 fold scores"):
+        crossval.choose_one_standard_error({"a": [0.5]}, params)
+    with pytest.raises(ValueError, match="no lr / weight_decay"):
+        crossval.choose_one_standard_error({"z": [0.5, 0.6]}, params)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from medseg_helpers.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["cross_validate", "development_folds", "evaluate_run", "outer_split"]
+__all__ = ["OneStandardErrorChoice", "choose_one_standard_error", "cross_validate",
+           "development_folds", "evaluate_run", "outer_split"]
 
 
 def _cache_and_classes(config: TrainConfig) -> tuple[Any, int]:
@@ -99,6 +101,62 @@ def cross_validate(config: TrainConfig, folds: Sequence[PatientSplit],
                      "run_dir": result["run_dir"]})
         logger.info("fold %d: best val Dice %.4f", k, result["best_val_dice"])
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class OneStandardErrorChoice:
+    """The outcome of `choose_one_standard_error`.
+
+    Attributes:
+        chosen: the candidate to ship. best: the candidate with the highest mean.
+        standard_error: the best candidate's standard error of the mean, std / sqrt(k).
+        tied: candidates whose mean is within one standard error of the best, best first.
+        means: mean score per candidate.
+    """
+
+    chosen: str
+    best: str
+    standard_error: float
+    tied: tuple[str, ...]
+    means: dict[str, float]
+
+
+def choose_one_standard_error(fold_scores: Mapping[str, Sequence[float]],
+                              params: Mapping[str, Mapping[str, float]]
+                              ) -> OneStandardErrorChoice:
+    """Pick among cross-validated candidates with the one-standard-error rule.
+
+    Candidates whose mean fold score lies within one standard error of the best mean
+    (Hastie, Tibshirani and Friedman, *The Elements of Statistical Learning*, §7.10) are
+    tied: the folds cannot tell them apart. Among them the most conservative wins: the
+    lowest ``lr``, then the largest ``weight_decay`` (the most regularised), then the
+    higher mean.
+
+    Args:
+        fold_scores: per candidate, its score on each of the same k folds (higher is
+            better), k >= 2.
+        params: per candidate, at least ``lr`` and ``weight_decay``.
+
+    Raises:
+        ValueError: no candidates, fewer than 2 folds, or candidates without params.
+    """
+    if not fold_scores:
+        raise ValueError("no candidates to choose from")
+    missing = sorted(set(fold_scores) - set(params))
+    if missing:
+        raise ValueError(f"no lr / weight_decay for {missing}")
+    scores = {name: np.asarray(s, dtype=float) for name, s in fold_scores.items()}
+    short = sorted(name for name, s in scores.items() if s.size < 2)
+    if short:
+        raise ValueError(f"need at least 2 fold scores per candidate; {short} have fewer")
+    means = {name: float(s.mean()) for name, s in scores.items()}
+    best = max(means, key=means.__getitem__)
+    standard_error = float(scores[best].std(ddof=1) / math.sqrt(scores[best].size))
+    tied = tuple(sorted((n for n in means if means[n] >= means[best] - standard_error),
+                        key=lambda n: -means[n]))
+    chosen = min(tied, key=lambda n: (params[n]["lr"], -params[n]["weight_decay"],
+                                      -means[n]))
+    return OneStandardErrorChoice(chosen, best, standard_error, tied, means)
 
 
 @torch.no_grad()

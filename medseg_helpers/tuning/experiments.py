@@ -9,10 +9,9 @@ not copied; noisy labels are written next to ``dataset.json``). The test patient
 never listed there, so no variant can see them, and every variant is scored on the same
 test patients with their **clean** labels, on the source grid (`course_model.TrainedModel`).
 
-Inside a derived folder `train_job.build_data` splits again, with ``test_fraction=0`` and
-``val_fraction`` chosen so that exactly ``len(val)`` patients validate: the *number* of
-training patients is exact, while which of the listed patients validate may differ from
-the reference split (all of them are non-test patients either way).
+Each variant is trained with an explicit `PatientSplit`: exactly its training patients
+train, and the reference split's validation patients (less any the variant trains on)
+validate, so every variant selects its checkpoint on the same patients.
 
 Runs are compared at a fixed number of optimiser steps (``train_steps``), so a variant with
 fewer slices runs more epochs rather than less training.
@@ -220,20 +219,21 @@ class Experiment:
         leaked = sorted(set(train_ids) & set(self.split.test))
         if leaked:
             raise ValueError(f"test patients {leaked} may not be trained on")
-        listed = train_ids + [p for p in self.split.val if p not in train_ids]
+        val_ids = [p for p in self.split.val if p not in train_ids]
+        variant_split = PatientSplit(train_ids, val_ids)
         data_dir = derive_dataset(self.dataset_dir, self.work_dir / "data" /
-                                  f"{self.dataset_dir.name}-{name}", listed, noise, noisy_ids)
+                                  f"{self.dataset_dir.name}-{name}", train_ids + val_ids,
+                                  noise, noisy_ids)
         config = self.config.updated(
             data_dir=str(data_dir), run_dir=str(self.work_dir / "runs" / name),
-            val_fraction=(len(listed) - len(train_ids)) / len(listed), test_fraction=0.0,
-            **overrides)
+            test_fraction=0.0, **overrides)
         if self.train_steps:
-            steps_per_epoch = max(1, len(build_data(config).train_loader))
+            steps_per_epoch = max(1, len(build_data(config, split=variant_split).train_loader))
             epochs = math.ceil(self.train_steps / steps_per_epoch)
             config = config.updated(max_epochs=epochs,
                                     val_every=max(1, epochs // self.val_points))
         shutil.rmtree(config.run_dir, ignore_errors=True)  # no stale checkpoints
-        metrics = train_from_config(config, init_weights=init_weights)
+        metrics = train_from_config(config, split=variant_split, init_weights=init_weights)
         run_trained = load_trained_model(config.run_dir)
         trained = replace(run_trained, dataset_dir=self.dataset_dir, split=self.split)
         per_case = score_cases(trained, self.split.test)
