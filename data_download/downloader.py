@@ -2,8 +2,11 @@
 
 ``download_task("Task04_Hippocampus")`` goes through these steps, each safe to interrupt:
 
-1. If ``<data_dir>/Task04_Hippocampus/.medseg_complete.json`` records the manifest's checksum,
-   return at once (no network).
+0. Deal with a ``.Task04_Hippocampus.stale-*`` copy left by a process killed while replacing
+   the task folder (`_recover_stale_copies`).
+1. If ``<data_dir>/Task04_Hippocampus/.medseg_complete.json`` records the manifest's checksum
+   and every file it lists is there with its recorded size, return at once (no network).
+   Otherwise log why (a warning) and rebuild the folder from the archive.
 2. If ``<data_dir>/downloads/Task04_Hippocampus.tar`` exists (an earlier run, or copied there
    by hand on an offline machine), verify its checksum and go to step 4.
 3. Download into ``downloads/Task04_Hippocampus.tar.part``, resuming with an HTTP ``Range``
@@ -11,7 +14,8 @@
    exponential backoff; verify MD5 (and SHA-256 when known) *before* renaming the ``.part``
    onto the archive's name, so an archive under its final name is always a verified one.
 4. Extract safely (`data_download.extract.safe_extract`) into ``<data_dir>/Task04_Hippocampus/``
-   and write the completion marker.
+   and write the completion marker with the list of extracted files and their sizes. A task
+   folder being replaced is moved aside first and moved back if the extraction fails.
 
 The library never prints: progress goes to a tqdm bar on stderr (``progress=False`` hides it)
 and retries are logged with `logging`.
@@ -27,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 import urllib.error
@@ -54,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 BASE_URL_ENV_VAR = "MEDSEG_DOWNLOAD_BASE_URL"
 MARKER_NAME = ".medseg_complete.json"
+STALE_INFIX = ".stale-"  # ".<task>.stale-<pid>-<time_ns>": a task folder moved aside
 DOWNLOADS_DIR = "downloads"
 CHUNK_BYTES = 256 * 1024
 MAX_BACKOFF_S = 60.0
@@ -349,8 +355,11 @@ def download_task(
 
     Layout under ``data_dir``: ``downloads/<archive>`` (and ``.part`` while downloading) and
     ``<task>/`` with the archive's top folder's contents (``dataset.json``, ``imagesTr/``, ...)
-    plus the marker ``.medseg_complete.json`` recording the verified checksum. An existing
-    ``<task>/`` without a matching marker (interrupted, or from an older archive) is replaced.
+    plus the marker ``.medseg_complete.json`` recording the verified checksum and the size of
+    every extracted file. An existing ``<task>/`` whose marker is missing or from an older
+    archive, or one of whose listed files is missing or has another size (deleted, truncated),
+    is rebuilt from the verified archive (downloaded again if it was deleted), with a warning
+    saying why. If that extraction fails, the previous ``<task>/`` is put back unchanged.
 
     Args:
         task: task name in the manifest, e.g. ``"Task04_Hippocampus"``.
@@ -375,13 +384,18 @@ def download_task(
         ChecksumMismatchError: the downloaded or hand-placed archive is not the expected one.
         InsufficientDiskSpaceError: not enough free space for download plus extraction.
         UnsafeArchiveError: the archive tries to write outside the task folder.
+        ArchiveError: the verified archive cannot be read (the previous folder is kept).
     """
     entry = _as_manifest(manifest).task(task)
     root = get_data_dir(data_dir, create=True)  # disk space is measured on it
     folder = root / entry.name
-    if _is_complete(folder, entry):
+    _recover_stale_copies(folder)
+    problem = _why_incomplete(folder, entry)
+    if problem is None:
         return folder
     archive = root / DOWNLOADS_DIR / entry.filename
+    if _exists(folder):
+        _warn_rebuild(folder, problem, archive)
     source = resolve_url(entry, url)
     if archive.exists():
         verify_checksums(
@@ -428,26 +442,82 @@ def _as_manifest(manifest: Manifest | Mapping | str | os.PathLike | None) -> Man
     return load_manifest(manifest)
 
 
-def _is_complete(folder: Path, entry: TaskEntry) -> bool:
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists, counting a dangling symbolic link."""
+    return path.exists() or path.is_symlink()
+
+
+def _why_incomplete(folder: Path, entry: TaskEntry) -> str | None:
+    """Why ``folder`` is not a complete extraction of ``entry``'s archive; ``None`` if it is.
+
+    Complete: the marker names this task and the manifest's checksums, and every file in its
+    ``files`` list is a regular file of the recorded size. Only ``stat`` is used (no hashing),
+    so the check stays instant for multi-GB tasks. Files added to the folder later are
+    ignored. A marker without a file list (written by an older version) is not complete.
+    """
     try:
         marker = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("task") == entry.name
-        and marker.get("md5") == entry.md5
-        and marker.get("sha256") == entry.sha256
+        return f"no readable completion marker {MARKER_NAME}"
+    if not isinstance(marker, dict):
+        return f"{MARKER_NAME} is not a JSON object"
+    recorded = (marker.get("task"), marker.get("md5"), marker.get("sha256"))
+    if recorded != (entry.name, entry.md5, entry.sha256):
+        return f"{MARKER_NAME} records another archive (md5 {marker.get('md5')})"
+    files = marker.get("files")
+    if not _is_file_list(files):
+        return f"{MARKER_NAME} has no file list (written by an older version)"
+    return _first_file_problem(folder, files)
+
+
+def _is_file_list(files: object) -> bool:
+    """Whether ``files`` is a marker's ``{relative name: size in bytes}`` mapping."""
+    return isinstance(files, dict) and all(
+        isinstance(name, str) and isinstance(size, int) and not isinstance(size, bool)
+        for name, size in files.items()
     )
 
 
-def _extract(archive: Path, folder: Path, entry: TaskEntry, source: str) -> None:
-    stale = None
-    if folder.exists() or folder.is_symlink():
-        stale = folder.with_name(f".{folder.name}.stale-{os.getpid()}-{time.time_ns()}")
-        logger.info("replacing incomplete or outdated %s", folder)
-        os.rename(folder, stale)
-    safe_extract(archive, folder, flatten_single_root=True)
+def _first_file_problem(folder: Path, files: Mapping[str, int]) -> str | None:
+    """The first listed file that is missing, not a regular file or of another size."""
+    for name, size in files.items():
+        try:
+            info = (folder / name).lstat()
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as exc:
+            return f"{name} cannot be checked ({exc.strerror})"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{name} is not a regular file"
+        if info.st_size != size:
+            return f"{name} has {info.st_size} bytes, expected {size}"
+    return None
+
+
+def _warn_rebuild(folder: Path, problem: str, archive: Path) -> None:
+    """Log (warning) why ``folder`` is rebuilt and from where."""
+    how = f"re-extracting it from {archive}" if archive.exists() else "downloading it again"
+    logger.warning("%s is not ready: %s; %s", folder, problem, how)
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """Size in bytes of every regular file under ``folder``, by relative POSIX name, sorted.
+
+    Symbolic links are neither followed nor listed; the marker itself is left out.
+    """
+    sizes = {}
+    for parent, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(parent, name)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                sizes[path.relative_to(folder).as_posix()] = info.st_size
+    sizes.pop(MARKER_NAME, None)
+    return dict(sorted(sizes.items()))
+
+
+def _write_marker(folder: Path, archive: Path, entry: TaskEntry, source: str) -> None:
+    """Write ``folder``'s completion marker: checksums, provenance and the file list."""
     record = {
         "task": entry.name,
         "md5": entry.md5,
@@ -456,10 +526,97 @@ def _extract(archive: Path, folder: Path, entry: TaskEntry, source: str) -> None
         "source_url": source,
         "licence": entry.licence,
         "extracted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": _file_sizes(folder),
     }
     write_text_atomic(folder / MARKER_NAME, json.dumps(record, indent=2) + "\n")
+
+
+def _extract(archive: Path, folder: Path, entry: TaskEntry, source: str) -> None:
+    """Extract ``archive`` into ``folder`` and write the marker; if that fails, lose nothing.
+
+    An existing ``folder`` is first renamed aside (`_move_aside`). If the extraction or the
+    marker fails (an unreadable or unsafe archive, a full disk, Ctrl-C), ``folder`` is renamed
+    back, unchanged, and the error re-raised; the copy aside is deleted only after success.
+    """
+    stale = _move_aside(folder)
+    try:
+        safe_extract(archive, folder, flatten_single_root=True)
+        _write_marker(folder, archive, entry, source)
+    except BaseException:
+        if stale is not None:
+            _put_back(stale, folder)
+        raise
     if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove_path(stale)
+
+
+def _move_aside(folder: Path) -> Path | None:
+    """Rename ``folder`` to a hidden ``.<name>.stale-<pid>-<time_ns>``; ``None`` if absent."""
+    if not _exists(folder):
+        return None
+    stale = folder.with_name(f".{folder.name}{STALE_INFIX}{os.getpid()}-{time.time_ns()}")
+    logger.info("moving %s aside to %s while extracting", folder, stale.name)
+    os.rename(folder, stale)
+    return stale
+
+
+def _put_back(stale: Path, folder: Path) -> None:
+    """Rename ``stale`` back to ``folder`` after a failed extraction, replacing what it left.
+
+    Never raises: the caller is handling the extraction's error. If the rename fails, the copy
+    stays where it is and the next `download_task` restores it (`_recover_stale_copies`).
+    """
+    try:
+        if _exists(folder):
+            _remove_path(folder)
+        os.rename(stale, folder)
+        logger.warning("extraction failed; %s is back as it was", folder)
+    except OSError as exc:
+        logger.error("could not put %s back from %s: %s", folder, stale, exc)
+
+
+def _remove_path(path: Path) -> None:
+    """Delete ``path``: a folder with its contents, or a file or symbolic link itself."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _recover_stale_copies(folder: Path) -> None:
+    """Deal with ``.<task>.stale-*`` copies of ``folder`` left by a killed process.
+
+    `_extract` renames the task folder aside before extracting and puts it back on failure, but
+    a process killed outright (SIGKILL, power loss) leaves the copy behind. The policy:
+
+    * ``folder`` is missing: the newest copy (by the time in its name) is renamed back to
+      ``folder``, with a warning. It is then checked like any task folder: a complete one is
+      used as is, an incomplete or outdated one is rebuilt (moved aside again first), so a
+      killed update never loses a good folder. Older copies are deleted.
+    * ``folder`` exists: every copy is deleted. ``folder`` is the newer state: `safe_extract`
+      only renames a finished extraction into place, and a folder whose marker was never
+      written is rebuilt anyway.
+
+    Two processes extracting the same task into the same data folder at once are not
+    supported (one could delete the other's copy).
+    """
+    prefix = f".{folder.name}{STALE_INFIX}"
+    copies = sorted(
+        (p for p in folder.parent.iterdir() if p.name.startswith(prefix)), key=_stale_time
+    )
+    if copies and not _exists(folder):
+        newest = copies.pop()
+        os.rename(newest, folder)
+        logger.warning("restored %s from %s, left by an interrupted update", folder, newest.name)
+    for copy in copies:
+        logger.info("deleting %s, left by an interrupted update", copy)
+        _remove_path(copy)
+
+
+def _stale_time(path: Path) -> int:
+    """The ``time_ns`` at the end of a ``.<task>.stale-<pid>-<time_ns>`` name (0 if none)."""
+    tail = path.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _free_bytes(folder: Path) -> int:

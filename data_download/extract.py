@@ -65,9 +65,11 @@ def safe_extract(
     """Extract a tar (plain, gz, bz2, xz) or zip archive into ``dest``, refusing unsafe members.
 
     Refused (`UnsafeArchiveError`, nothing written): absolute names (``/x``, ``C:x``), names
-    with a ``..`` component, members stored under a symbolic link of the archive, symbolic
+    with a ``..`` component, a file or link named like the destination itself (``""``,
+    ``"."``, ``"./"``), members stored under a symbolic link of the archive, symbolic
     links whose target is absolute or leaves the archive's tree, hard links to anything
-    outside it, and device files or FIFOs.
+    outside it, and device files or FIFOs. A *folder* entry for the destination itself
+    (``./``, as ``tar -C dir .`` writes) is accepted: it creates nothing.
 
     Args:
         archive: the archive file.
@@ -144,8 +146,19 @@ def _normalised(name: str, member: str) -> str:
     return "/".join(parts)
 
 
+def _refuse_root_entry(name: str, member: str, is_dir: bool) -> None:
+    """Refuse a file or link whose normalised ``name`` is empty: it would replace the root.
+
+    ``""``, ``"."`` and ``"./."`` all name the extraction folder itself; written as a file
+    they would fail with a bare `IsADirectoryError`. As a folder entry they are harmless.
+    """
+    if not name and not is_dir:
+        raise UnsafeArchiveError(member, "names the extraction folder itself, not a file in it")
+
+
 def _check_zip_member(info: zipfile.ZipInfo) -> None:
-    _normalised(info.filename, info.filename)
+    name = _normalised(info.filename, info.filename)
+    _refuse_root_entry(name, info.filename, info.is_dir())
     mode = info.external_attr >> 16
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
         raise UnsafeArchiveError(info.filename, "device file or FIFO")
@@ -156,6 +169,7 @@ def _check_tar_members(members: Iterable[tarfile.TarInfo]) -> None:
     symlinks = {_normalised(m.name, m.name) for m in members if m.issym()}
     for member in members:
         name = _normalised(member.name, member.name)
+        _refuse_root_entry(name, member.name, member.isdir())
         _refuse_through_symlink(name, symlinks, member.name, "is stored under the symbolic link")
         if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
             raise UnsafeArchiveError(member.name, "device file or FIFO")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import socket
 import tarfile
 import threading
@@ -481,6 +483,162 @@ def test_incomplete_task_folder_is_replaced(serve_task, tmp_path):
     ]  # stale copy removed
 
 
+def _contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative POSIX name, with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _warnings(caplog) -> list[str]:
+    """The messages the downloader logged at WARNING or above."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == downloader_module.__name__ and r.levelno >= logging.WARNING
+    ]
+
+
+def test_completion_marker_lists_every_extracted_file_with_its_size(serve_task):
+    marker = json.loads((serve_task() / MARKER_NAME).read_text())
+    dataset = json.dumps({"name": "Test", "labels": {"0": "background", "1": "organ"}})
+    assert marker["files"] == {"dataset.json": len(dataset), "imagesTr/x.nii.gz": len(IMAGE_BYTES)}
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (Path.unlink, "imagesTr/x.nii.gz is missing"),
+        (
+            lambda p: p.write_bytes(IMAGE_BYTES[:1000]),
+            "imagesTr/x.nii.gz has 1000 bytes, expected 307200",
+        ),
+        (lambda p: (p.unlink(), p.mkdir()), "imagesTr/x.nii.gz is not a regular file"),
+    ],
+    ids=["deleted", "truncated", "replaced-by-a-folder"],
+)
+def test_damaged_task_is_re_extracted_from_the_archive_saying_why(
+    serve_task, server, tmp_path, caplog, damage, problem
+):
+    folder = serve_task()
+    damage(folder / "imagesTr" / "x.nii.gz")
+    assert serve_task(url=_closed_port_url()) == folder  # no network needed: the archive is kept
+    assert (folder / "imagesTr" / "x.nii.gz").read_bytes() == IMAGE_BYTES
+    assert len(server.requests) == 1
+    archive = _archive_path(tmp_path).resolve()
+    assert _warnings(caplog) == [
+        f"{folder} is not ready: {problem}; re-extracting it from {archive}"
+    ]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [TASK, "downloads"]
+
+
+def test_damaged_task_without_its_archive_is_downloaded_again(serve_task, server, caplog):
+    folder = serve_task(keep_archive=False)
+    (folder / "dataset.json").unlink()
+    serve_task(keep_archive=False)
+    assert json.loads((folder / "dataset.json").read_text())["name"] == "Test"
+    assert [r["status"] for r in server.requests] == [200, 200]
+    assert _warnings(caplog) == [
+        f"{folder} is not ready: dataset.json is missing; downloading it again"
+    ]
+
+
+def test_marker_without_a_file_list_counts_as_incomplete(serve_task, tmp_path, caplog):
+    folder = serve_task()
+    marker = json.loads((folder / MARKER_NAME).read_text())
+    del marker["files"]  # as written before the file list existed
+    (folder / MARKER_NAME).write_text(json.dumps(marker))
+    serve_task(url=_closed_port_url())
+    assert "files" in json.loads((folder / MARKER_NAME).read_text())
+    assert _warnings(caplog) == [
+        f"{folder} is not ready: {MARKER_NAME} has no file list (written by an older version); "
+        f"re-extracting it from {_archive_path(tmp_path).resolve()}"
+    ]
+
+
+def test_files_added_to_a_complete_task_are_ignored_and_kept(serve_task, server):
+    folder = serve_task()
+    (folder / "notes.txt").write_text("mine")
+    assert serve_task(url=_closed_port_url()) == folder
+    assert (folder / "notes.txt").read_text() == "mine" and len(server.requests) == 1
+
+
+def _update_to(server, tmp_path, members: list[tuple]) -> dict:
+    """Serve a new Task99_Test archive of ``members``; return a manifest whose md5 is its."""
+    data = _tar_bytes(members)
+    server.files[f"/{TASK}.tar"] = data
+    return _manifest(f"{server.base_url}/{TASK}.tar", data)
+
+
+def test_failed_update_puts_the_previous_task_folder_back_unchanged(
+    serve_task, server, tmp_path, caplog
+):
+    folder = serve_task(keep_archive=False)
+    before = _contents(folder)
+    old_md5 = json.loads((folder / MARKER_NAME).read_text())["md5"]
+    manifest = _update_to(server, tmp_path, [*_task_members(), (".", "file", b"x")])
+    message = "unsafe archive member '.': names the extraction folder itself, not a file in it"
+    with pytest.raises(UnsafeArchiveError, match=f"^{re.escape(message)}$"):
+        serve_task(manifest=manifest)
+    assert _contents(folder) == before  # marker of the previous archive included
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [TASK, "downloads"]
+    assert _warnings(caplog) == [
+        f"{folder} is not ready: {MARKER_NAME} records another archive (md5 {old_md5}); "
+        "downloading it again",
+        f"extraction failed; {folder} is back as it was",
+    ]
+
+
+def test_update_interrupted_after_extraction_puts_the_previous_folder_back(
+    serve_task, server, tmp_path, monkeypatch
+):
+    folder = serve_task(keep_archive=False)
+    before = _contents(folder)
+    changed = [(n, k, b"new" if n.endswith(".json") else v) for n, k, v in _task_members()]
+    manifest = _update_to(server, tmp_path, changed)
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(downloader_module, "_write_marker", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        serve_task(manifest=manifest)
+    assert _contents(folder) == before  # the new, unmarked extraction is gone
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [TASK, "downloads"]
+
+
+def _stale_name(pid: int, time_ns: int) -> str:
+    return f".{TASK}.stale-{pid}-{time_ns}"
+
+
+def test_copy_left_by_a_killed_update_is_restored_when_the_task_folder_is_missing(
+    serve_task, server, tmp_path, caplog
+):
+    folder = serve_task()
+    before = _contents(folder)
+    data = tmp_path / "data"
+    folder.rename(data / _stale_name(4242, 2_000))  # killed after moving the folder aside
+    (data / _stale_name(4241, 1_000)).mkdir()  # an older copy: deleted
+    assert serve_task(url=_closed_port_url()) == folder
+    assert _contents(folder) == before and len(server.requests) == 1
+    assert sorted(p.name for p in data.iterdir()) == [TASK, "downloads"]
+    assert _warnings(caplog) == [
+        f"restored {folder} from {_stale_name(4242, 2_000)}, left by an interrupted update"
+    ]
+
+
+def test_copy_left_by_a_killed_update_is_deleted_when_the_task_folder_exists(
+    serve_task, server, tmp_path
+):
+    folder = serve_task()
+    old = tmp_path / "data" / _stale_name(4242, 2_000)
+    (old / "imagesTr").mkdir(parents=True)
+    (old / "imagesTr" / "x.nii.gz").write_bytes(b"old")
+    assert serve_task(url=_closed_port_url()) == folder
+    assert not old.exists() and len(server.requests) == 1
+    assert (folder / "imagesTr" / "x.nii.gz").read_bytes() == IMAGE_BYTES
+
+
 def test_base_url_env_var_points_downloads_at_a_mirror(
     server, archive_bytes, tmp_path, monkeypatch
 ):
@@ -558,6 +716,53 @@ def test_malicious_tar_is_refused_and_nothing_is_written(
     assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "out"])  # empty parent
     assert (tmp_path / "outside.txt").stat().st_nlink == 1
     assert (tmp_path / "outside.txt").read_text() == "precious"
+
+
+ROOT_NAMED = {
+    "file ''": ("", "file", b"x"),
+    "file '.'": (".", "file", b"x"),
+    "file './.'": ("./.", "file", b"x"),
+    "symlink '.'": (".", "sym", "ok.txt"),
+    "hard link '.'": (".", "hard", "ok.txt"),
+}
+
+
+@pytest.mark.parametrize("tarfile_filter", [True, False], ids=["with-data-filter", "own-checks"])
+@pytest.mark.parametrize("case", sorted(ROOT_NAMED))
+def test_tar_member_naming_the_root_is_refused_as_unsafe(
+    tmp_path, monkeypatch, case, tarfile_filter
+):
+    if not tarfile_filter:
+        monkeypatch.setattr(extract_module, "_tar_filter_kwargs", dict)
+    member = ROOT_NAMED[case]
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(_tar_bytes([("ok.txt", "file", b"fine"), member]))
+    message = (
+        f"unsafe archive member {member[0]!r}: names the extraction folder itself, not a file in it"
+    )
+    with pytest.raises(UnsafeArchiveError, match=f"^{re.escape(message)}$") as info:
+        safe_extract(archive, tmp_path / "out" / "dest")
+    assert info.value.member == member[0]
+    assert sorted(os.listdir(tmp_path)) == ["evil.tar", "out"]
+    assert os.listdir(tmp_path / "out") == []  # no dest, no hidden staging folder
+
+
+def test_zip_member_named_dot_is_refused_as_unsafe(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr(".", "x")
+    message = "unsafe archive member '.': names the extraction folder itself, not a file in it"
+    with pytest.raises(UnsafeArchiveError, match=f"^{re.escape(message)}$"):
+        safe_extract(archive, tmp_path / "out" / "dest")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_folder_entry_for_the_root_is_accepted_as_tar_c_dir_dot_writes_it(tmp_path):
+    archive = tmp_path / "dot.tar"
+    archive.write_bytes(_tar_bytes([(".", "dir", None), ("./ok.txt", "file", b"fine")]))
+    dest = safe_extract(archive, tmp_path / "dest")
+    assert os.listdir(dest) == ["ok.txt"] and (dest / "ok.txt").read_bytes() == b"fine"
 
 
 def test_unsafe_error_names_the_member(tmp_path):
