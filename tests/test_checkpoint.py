@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import random
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ from medseg_helpers.device import seed_everything
 from medseg_helpers.training.callbacks import Callback
 from medseg_helpers.training.checkpoint import (
     CheckpointMismatchError,
+    CheckpointReadError,
     capture_rng_state,
     load_checkpoint,
     load_model_weights,
@@ -177,10 +184,86 @@ def test_other_architecture_error_names_both_and_lists_keys(tmp_path: Path) -> N
 def test_load_checkpoint_refuses_arbitrary_pickles(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": Path("/etc")}, path)  # a non-allowed global
-    with pytest.raises(ValueError, match="cannot be loaded with weights_only=True"):
+    with pytest.raises(CheckpointReadError, match="cannot be loaded with weights_only=True"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def _exactly(message: str) -> str:
+    return f"^{re.escape(message)}$"
+
+
+def test_an_empty_last_pt_names_the_file_and_points_to_best_pt(tmp_path: Path) -> None:
+    """What a power loss during a save used to leave: a 0-byte last.pt."""
+    last = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}}, last.with_name("best.pt"))
+    last.write_bytes(b"")
+    with pytest.raises(CheckpointReadError, match=_exactly(
+            f"{last} is empty (0 bytes): a save was interrupted; delete it to start over, "
+            "or copy best.pt over it to resume from the best epoch")):
+        load_checkpoint(last)
+
+
+def test_an_empty_checkpoint_without_best_pt_says_to_save_it_again(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointReadError, match=_exactly(
+            f"{path} is empty (0 bytes): a save was interrupted; delete it and save it again")):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [1, 10, 0.5, -22, -1], ids=lambda k: f"keep-{k}")
+def test_a_truncated_checkpoint_is_one_clear_line(tmp_path: Path, keep: float) -> None:
+    """Cut anywhere, a checkpoint gives this error: never EOFError, IndexError, or the safe
+    loader's "Weights only load failed" (what the first byte alone gives)."""
+    path = save_checkpoint({"model": {"w": torch.ones(100)}}, tmp_path / "best.pt")
+    data = path.read_bytes()
+    size = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:size])
+    with pytest.raises(CheckpointReadError, match=_exactly(
+            f"{path} is truncated or damaged ({size} bytes, not a complete PyTorch file): "
+            "a save or copy was interrupted; delete it and save it again")):
+        load_checkpoint(path)
+
+
+def test_an_unreadable_checkpoint_says_permission_denied(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_checkpoint({"model": {}}, tmp_path / "last.pt")
+
+    def denied(file, *args, **kwargs):  # what open() raises for a file of another user
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+
+    monkeypatch.setattr(torch, "load", denied)  # chmod 000 does not stop root (CI, Docker)
+    with pytest.raises(CheckpointReadError,
+                       match=_exactly(f"{path} cannot be read: permission denied")):
+        load_checkpoint(path)
+
+
+def test_resuming_from_an_empty_last_pt_fails_with_the_clear_error(tmp_path: Path) -> None:
+    """The path of ``medseg train --resume``: `Trainer.fit` loads ``checkpoints/last.pt``;
+    the error is a ValueError, which the command line prints as one line."""
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    last.write_bytes(b"")
+    with pytest.raises(ValueError, match=_exactly(
+            f"{last} is empty (0 bytes): a save was interrupted; delete it to start the run "
+            "over")):
+        _trainer(tmp_path, max_epochs=1).fit(resume_from=last)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="writer processes are not checked on Windows")
+def test_saving_removes_the_temporaries_of_killed_saves(tmp_path: Path) -> None:
+    """15 killed saves used to leave 15 hidden ``.last.*.tmp.pt`` files (800 MB) for good."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # a writer that is gone
+    child.wait()
+    killed = tmp_path / f".last.{child.pid}.abcd1234.tmp.pt"
+    in_progress = tmp_path / f".last.{os.getppid()}.efgh5678.tmp.pt"  # its writer still runs
+    for leftover in (killed, in_progress):
+        leftover.write_bytes(b"partial")
+        os.utime(leftover, (time.time() - 120, time.time() - 120))
+    save_checkpoint({"model": {"w": torch.ones(2)}}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([in_progress.name, "last.pt"])
 
 
 def test_wrappers_are_unwrapped_for_saving_and_loading() -> None:

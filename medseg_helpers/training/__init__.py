@@ -10,6 +10,7 @@ _EXPORTS = {
     "CachedVolumeDataset": "job",
     "Callback": "callbacks",
     "CheckpointMismatchError": "checkpoint",
+    "CheckpointReadError": "checkpoint",
     "DistInfo": "distributed",
     "FORMAT_VERSION": "checkpoint",
     "HistoryWriter": "history",

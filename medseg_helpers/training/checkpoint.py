@@ -12,8 +12,13 @@ The `Trainer` stores (see ``Trainer.state_dict``): ``model``, ``model_class``,
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``global_step``,
 ``best_metric``, ``best_epoch``, ``history``, ``rng`` (`capture_rng_state`) and ``config``.
 
-Files are written to a temporary name beside the target and renamed (`atomic_path`), so an
-interrupted save never leaves a truncated ``last.pt``; the previous one stays valid.
+Files are written to a temporary name beside the target, flushed to disk and renamed
+(`atomic_path`), so an interrupted save (a kill, a power loss) never leaves a truncated
+``last.pt``; the previous one stays valid. The temporaries of killed saves
+(``.last.<pid>.<random>.tmp.pt``) are removed by the next `save_checkpoint` of the same file
+(`remove_stale_temporaries`). A file that is damaged anyway (copied halfway, written by an
+older version without ``fsync``) raises `CheckpointReadError`: one line naming the file and
+the problem, e.g. ``runs/x/checkpoints/last.pt is empty (0 bytes): ...``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,17 +35,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg_helpers.fileutil import atomic_path
+from medseg_helpers.fileutil import atomic_path, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 
-__all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "capture_rng_state", "load_checkpoint",
+__all__ = ["FORMAT_VERSION", "CheckpointMismatchError", "CheckpointReadError",
+           "capture_rng_state", "load_checkpoint",
            "load_model_weights", "model_class_name", "preserve_rng", "restore_rng_state",
            "save_checkpoint", "to_plain", "unwrap_model"]
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's model weights do not fit the model they are loaded into."""
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file is empty, truncated, unreadable or not a safe medseg checkpoint.
+
+    A `ValueError`, so the ``medseg`` command line prints it as one line.
+    """
 
 
 def to_plain(value: Any) -> Any:
@@ -139,11 +153,46 @@ def model_class_name(model: nn.Module) -> str:
 
 
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``checkpoint`` (made plain by `to_plain`) to ``path`` atomically; returns the path."""
+    """Write ``checkpoint`` (made plain by `to_plain`) to ``path`` atomically; returns the path.
+
+    Leftover temporaries of earlier, killed saves of ``path`` are removed first
+    (`remove_stale_temporaries`; another process's save in progress is kept).
+    """
     payload = to_plain({"format_version": FORMAT_VERSION, **checkpoint})
+    remove_stale_temporaries(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _recovery_hint(path: Path) -> str:
+    """What to do about a damaged checkpoint: resume from ``best.pt`` beside it if there is one."""
+    best = path.with_name("best.pt")
+    if path.name != best.name and best.is_file():
+        return (f"delete it to start over, or copy {best.name} over it to resume from the "
+                "best epoch")
+    if path.name == "last.pt":
+        return "delete it to start the run over"
+    return "delete it and save it again"
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type name when the message is empty."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _load_error(path: Path, error: Exception) -> CheckpointReadError:
+    """The one-line error for a ``torch.load`` failure of ``path``, by cause."""
+    if isinstance(error, PermissionError):
+        return CheckpointReadError(f"{path} cannot be read: permission denied")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; its directory comes last
+        size = path.stat().st_size
+        return CheckpointReadError(
+            f"{path} is truncated or damaged ({size} bytes, not a complete PyTorch file): "
+            f"a save or copy was interrupted; {_recovery_hint(path)}")
+    return CheckpointReadError(f"{path} cannot be loaded with weights_only=True (is it a "
+                               f"medseg checkpoint?): {_first_line(error)}")
 
 
 def load_checkpoint(path: str | os.PathLike,
@@ -156,19 +205,23 @@ def load_checkpoint(path: str | os.PathLike,
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a checkpoint this package can read safely (the
-            underlying error is chained).
+        CheckpointReadError: (a `ValueError`) one line naming ``path`` and the problem:
+            empty (0 bytes), truncated or damaged (both with what to do: delete it, or
+            resume from ``best.pt`` beside it), unreadable (permissions), refused by the
+            safe loader, or not a medseg checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointReadError(f"{path} is empty (0 bytes): a save was interrupted; "
+                                  f"{_recovery_hint(path)}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} cannot be loaded with weights_only=True (is it a medseg "
-                         f"checkpoint?): {str(error).splitlines()[0]}") from error
+        raise _load_error(path, error) from None  # the message says it all, in one line
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path} is not a medseg checkpoint (no 'model' entry)")
+        raise CheckpointReadError(f"{path} is not a medseg checkpoint (no 'model' entry)")
     return checkpoint
 
 
