@@ -28,7 +28,8 @@ from medseg_helpers.deploy.preprocessing import (  # noqa: E402
     MissingPreprocessingError,
     Preprocessing,
 )
-from medseg_helpers.deploy.serve import VolumeSegmenter, create_app  # noqa: E402
+from medseg_helpers.deploy.segmenter import VolumeSegmenter  # noqa: E402
+from medseg_helpers.deploy.serve import create_app  # noqa: E402
 from medseg_helpers.deploy.service_metrics import ServiceMetrics  # noqa: E402
 from medseg_helpers.deploy.uploads import sniff_format  # noqa: E402
 from medseg_helpers.networks.unet import UNet  # noqa: E402

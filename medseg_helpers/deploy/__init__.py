@@ -18,7 +18,7 @@ _EXPORTS = {
     "ServiceError": "uploads",
     "ServiceMetrics": "service_metrics",
     "ServiceStartError": "service_process",
-    "VolumeSegmenter": "serve",
+    "VolumeSegmenter": "segmenter",
     "as_float32_array": "runtime",
     "calibration_images": "variants",
     "check_parity": "export",

@@ -98,6 +98,24 @@ class Preprocessing:
         return prepare_image(image, self.spacing_mm, self.normalisation,
                              self.normalisation_kwargs)
 
+    def prepared_shape(self, spatial_shape: tuple[int, int, int],
+                       spacing_mm: tuple[float, float, float]) -> tuple[int, int, int]:
+        """The spatial shape `apply` returns for a scan, computed without the voxels.
+
+        Args:
+            spatial_shape: the scan's ``(Z, Y, X)``.
+            spacing_mm: its voxel size ``(sz, sy, sx)`` in mm.
+
+        Returns:
+            ``(Z', Y', X')``: unchanged without resampling, else
+            `preprocess.resampled_shape` to ``spacing_mm``.
+        """
+        from medseg_helpers.transforms.preprocess import resampled_shape
+
+        if self.spacing_mm is None:
+            return tuple(int(n) for n in spatial_shape)
+        return resampled_shape(spatial_shape, spacing_mm, self.spacing_mm)
+
     def to_source_grid(self, labels: Volume, source: Volume) -> Volume:
         """Labels on the preprocessed grid, back on ``source``'s grid.
 

@@ -1,11 +1,13 @@
 """Counters of the segmentation service, rendered for Prometheus (``GET /metrics``).
 
-Requests by path and status, a latency histogram of ``/v1/segment`` (seconds) and, for
+Requests by path and status (every answer, 4xx and 5xx included), a latency histogram of
+``/v1/segment`` (seconds) and, for
 drift monitoring, the mean and standard deviation of each input's raw intensities.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -41,7 +43,10 @@ class ServiceMetrics:
                     self.bucket_counts[i] += 1
 
     def observe_intensity(self, mean: float, std: float) -> None:
-        """Record the mean and standard deviation of one input's raw intensities."""
+        """Record the mean and standard deviation of one input's raw intensities; a pair
+        that is not finite is ignored (it would turn the sums into NaN for good)."""
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            return
         with self._lock:
             for name, value in (("mean", mean), ("std", std)):
                 entry = self.intensity[name]

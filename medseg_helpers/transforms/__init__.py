@@ -40,6 +40,7 @@ _EXPORTS = {
     "remap_labels": "labels",
     "remove_small_components": "labels",
     "resample_to_spacing": "preprocess",
+    "resampled_shape": "preprocess",
     "skip_albumentations_update_check": "augment",
     "undo_crop": "cropping",
     "undo_pad": "cropping",

@@ -13,6 +13,7 @@ functions take and return `Volume` objects, so spacing, origin and direction sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -215,6 +216,18 @@ def naive_max_normalise(image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- geometry
 
 
+def resampled_shape(shape: Sequence[int], spacing_mm: Sequence[float],
+                    new_spacing_mm: Sequence[float]) -> tuple[int, ...]:
+    """The grid size `resample_to_spacing` makes: ``max(1, floor(n * s / t + 0.5))`` per
+    axis for size ``n``, spacing ``s`` and new spacing ``t`` (same axis order, mm).
+
+    E.g. 40 slices of 2.5 mm at 1 mm: ``(100,)``. Cheap: lets a caller check the memory a
+    resampling needs before doing it.
+    """
+    return tuple(max(1, int(np.floor(n * s / t + 0.5)))
+                 for n, s, t in zip(shape, spacing_mm, new_spacing_mm, strict=True))
+
+
 def resample_to_spacing(
     volume: Volume,
     spacing_mm: tuple[float, float, float],
@@ -262,10 +275,7 @@ def resample_to_spacing(
     if default_value is None:
         default_value = 0.0 if is_label else float(np.min(volume.array))
     source = volume if is_label else replace(volume, array=volume.array.astype(np.float32))
-    new_size_zyx = [
-        max(1, int(np.floor(n * s_old / s_new + 0.5)))
-        for n, s_old, s_new in zip(volume.spatial_shape, volume.spacing_mm, spacing, strict=True)
-    ]
+    new_size_zyx = list(resampled_shape(volume.spatial_shape, volume.spacing_mm, spacing))
     image = source.to_sitk()
     old_centre_zyx = (np.array(volume.spatial_shape) - 1) * np.array(volume.spacing_mm) / 2
     new_centre_zyx = (np.array(new_size_zyx) - 1) * np.array(spacing) / 2
