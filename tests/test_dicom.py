@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from medseg_helpers.data import io
 from medseg_helpers.data.dicom import write_dicom_series
@@ -57,6 +58,14 @@ def test_an_evenly_spaced_series_reads_without_a_gap_warning(tmp_path: Path, ct_
     # positions are written with 10 significant digits: gaps differ by ~1e-7 mm, which ITK
     # alone would flag as "non-uniform sampling"
     odd = Volume(ct_volume.array, (13.125, 4.375, 4.375), (-139.7, -141.3, -207.123456789))
-    with caplog.at_level("WARNING", logger="medseg_helpers.data.io"):
+    with caplog.at_level("WARNING", logger="medseg_helpers.data.dicom"):
         io.read_volume(write_dicom_series(odd, tmp_path / "s"))
     assert "uneven" not in caplog.text
+
+
+def test_series_description_is_written_when_given(tmp_path: Path, ct_volume) -> None:
+    folder = write_dicom_series(ct_volume, tmp_path / "s", series_description="AX 3mm")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(sorted(folder.glob("*.dcm"))[0]))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("0008|103e").strip() == "AX 3mm"

@@ -189,19 +189,22 @@ def test_folder_without_dicom_files_is_an_error(tmp_path):
 
 
 def test_mixed_series_must_be_chosen_by_uid(tmp_path, write_dicom_series):
-    write_dicom_series(make_ct(), tmp_path, series_uid="1.2.3.1")
-    write_dicom_series(make_ct((2, 5, 6)), tmp_path, series_uid="1.2.3.2")
-    with pytest.raises(VolumeReadError, match=r"holds 2 DICOM series.*1\.2\.3\.1, 1\.2\.3\.2"):
+    write_dicom_series(make_ct(), tmp_path, series_uid="1.2.3.1", series_description="AX CT")
+    write_dicom_series(make_ct((2, 5, 6)), tmp_path, series_uid="1.2.3.2",
+                       series_description="Scout")
+    listing = r'1\.2\.3\.1 \("AX CT", 4 slices\), 1\.2\.3\.2 \("Scout", 2 slices\)$'
+    with pytest.raises(VolumeReadError, match=r"holds 2 DICOM series; choose one with "
+                       rf"--series-uid \(series_uid= in Python\): {listing}"):
         io.read_dicom_series(tmp_path)
     assert io.read_dicom_series(tmp_path, series_uid="1.2.3.2").spatial_shape == (2, 5, 6)
-    with pytest.raises(VolumeReadError, match=r"no series 9\.9 in .*found: 1\.2\.3\.1"):
+    with pytest.raises(VolumeReadError, match=rf"no series 9\.9 in .*; found: {listing}"):
         io.read_dicom_series(tmp_path, series_uid="9.9")
 
 
 def test_missing_dicom_slice_is_logged(tmp_path, write_dicom_series, caplog):
     folder = write_dicom_series(make_ct((5, 5, 6)), tmp_path / "dicom")
     sorted(folder.iterdir())[2].unlink()
-    with caplog.at_level(logging.WARNING, logger="medseg_helpers.data.io"):
+    with caplog.at_level(logging.WARNING, logger="medseg_helpers.data.dicom"):
         io.read_dicom_series(folder)
     assert "missing slices or uneven slice spacing" in caplog.text
 

@@ -5,14 +5,23 @@ Readers return a `Volume` (``(Z, Y, X)`` or ``(C, Z, Y, X)``, LPS geometry; see
 geometry rules, except NIfTI voxels, which come from nibabel: SimpleITK's NIfTI reader
 turns NaN/Inf into 0 and reads truncated files without complaint. A 4D NIfTI such as
 Decathlon Task01 (``(X, Y, Z, C)`` on disk) is read as ``(C, Z, Y, X)`` with its 3D
-geometry, and a channel-first `Volume` is written back in that layout.
+geometry, and a channel-first `Volume` is written back in that layout
+(`medseg_helpers.data.itk_images`).
+
+Bad input is refused with one line naming the file and the problem (`VolumeReadError`),
+before anything large is allocated: anything but a regular file (a FIFO, a device) is
+refused before it is opened, and a detached header's data file is checked
+(`medseg_helpers.data.file_checks`); a NIfTI header is checked (voxel type, finite
+geometry, declared size against the bytes the file holds) before its voxels are read
+(`medseg_helpers.data.nifti_header`); what the C++ readers print themselves (MetaIO,
+niftilib, GDCM) is folded into the error, or logged as a warning when the read succeeds
+(`medseg_helpers.data.itk_messages`). DICOM series are found and read by
+`medseg_helpers.data.dicom`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -22,11 +31,28 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
+from medseg_helpers.data.dicom import DICOM_GAP_TOLERANCE_MM, list_dicom_series, read_series_image
+from medseg_helpers.data.file_checks import (
+    VolumeReadError,
+    check_data_file,
+    check_header_start,
+    check_regular_file,
+    check_writable_name,
+    mixed_case_nifti,
+)
 from medseg_helpers.data.geometry import check_geometry_match
+from medseg_helpers.data.itk_images import image_from_volume, volume_from_image, volume_from_parts
+from medseg_helpers.data.itk_messages import itk_reason, native_stderr_captured
+from medseg_helpers.data.nifti_header import check_nifti_header
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.fileutil import atomic_path
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "DICOM_GAP_TOLERANCE_MM", "IMAGE_IOS", "SUPPORTED_EXTENSIONS", "VolumeReadError",
+    "check_finite", "convert_to_nifti", "detect_format", "ensure_integer_label",
+    "list_dicom_series", "load_image_label_pair", "read_dicom_series", "read_volume",
+    "write_volume",
+]
 
 #: File extension (lower case) -> the ITK ImageIO that reads and writes it.
 IMAGE_IOS: dict[str, str] = {
@@ -39,14 +65,8 @@ IMAGE_IOS: dict[str, str] = {
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(IMAGE_IOS)
 _DETACHED_HEADERS = (".nhdr", ".mhd")  # header plus a separate data file
-#: Slice gaps may differ by this much (mm) before a DICOM series is reported as uneven;
-#: positions written with 10 significant digits differ by ~1e-7 mm.
-DICOM_GAP_TOLERANCE_MM = 1e-3
 PathLike = str | os.PathLike
-
-
-class VolumeReadError(ValueError):
-    """A file or DICOM folder exists but holds no readable volume (message names it)."""
+_FORMAT_NAMES = {"NiftiImageIO": "NIfTI", "NrrdImageIO": "NRRD", "MetaImageIO": "MetaImage"}
 
 
 def detect_format(path: PathLike) -> str:
@@ -81,14 +101,30 @@ def read_volume(path: PathLike, *, allow_nonfinite: bool = False) -> Volume:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unsupported extension, or NaN/Inf voxels (see `check_finite`).
-        VolumeReadError: corrupt, truncated or non-3D/4D content.
+        VolumeReadError: not a regular file (a FIFO, a device; a folder named like a file),
+            corrupt, truncated or non-3D/4D content, a NIfTI header declaring more voxel
+            bytes than the file holds, non-scalar NIfTI voxels (complex, RGB), NaN/Inf in
+            the NIfTI geometry (sform, qform, pixdim), an invalid spacing or origin, or a
+            detached header whose data file is missing or not a regular file.
+
+    Security:
+        A detached header (``.mhd``, ``.nhdr``; also ``.mha``/``.nrrd`` with a data-file
+        field) may name any file as its voxels, e.g. ``ElementDataFile = /etc/passwd``:
+        the formats allow it, and that file is read as voxels. Do not read untrusted
+        detached headers; a warning is logged when the data file lies outside the
+        header's folder.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.is_dir():
+        if path.name.lower().endswith(SUPPORTED_EXTENSIONS):
+            raise VolumeReadError(
+                f"cannot read {path}: it is a folder, not a {detect_format(path)} file"
+            )
         return read_dicom_series(path, allow_nonfinite=allow_nonfinite)
     image_io = IMAGE_IOS[detect_format(path)]
+    check_regular_file(path)
     volume = _read_nifti(path) if image_io == "NiftiImageIO" else _read_itk(path, image_io)
     if not allow_nonfinite:
         check_finite(volume, path)
@@ -109,21 +145,26 @@ def write_volume(volume: Volume, path: PathLike, *, compress: bool = True) -> Pa
     Returns:
         ``path`` as a `Path`.
 
+    The extension is matched case-insensitively (``CT.NII.GZ`` is written as named), but a
+    NIfTI extension must be all lower or all upper case: niftilib (ITK) refuses ``.Nii``.
+
     Raises:
-        ValueError: unsupported extension (nothing is created).
+        ValueError: unsupported extension, or a mixed-case NIfTI one (nothing is created).
+        IsADirectoryError: ``path`` is an existing folder (nothing is written).
         OSError: the writer failed; ``path`` is left as it was.
     """
     path = Path(path)
-    image_io = IMAGE_IOS[detect_format(path)]
-    image = _image_from_volume(volume)
+    ext = detect_format(path)
+    check_writable_name(path, ext)
+    image = image_from_volume(volume)
     try:
-        if path.name.lower().endswith(_DETACHED_HEADERS):
-            _write_detached(image, path, image_io, compress)
+        if ext in _DETACHED_HEADERS:
+            _write_detached(image, path, ext, compress)
         else:
-            with atomic_path(path) as tmp:
-                _write_image(image, tmp, image_io, compress)
+            with atomic_path(path, suffix=ext) as tmp:  # ITK wants a lower-case extension
+                _write_image(image, tmp, IMAGE_IOS[ext], compress)
     except RuntimeError as err:
-        raise OSError(f"cannot write {path}: {_itk_reason(err)}") from err
+        raise OSError(f"cannot write {path}: {itk_reason(err)}") from err
     return path
 
 
@@ -143,24 +184,6 @@ def check_finite(volume: Volume, source: PathLike | None = None) -> None:
     )
 
 
-def _slice_gap_deviation(reader: sitk.ImageSeriesReader, image: sitk.Image) -> float:
-    """Largest difference (mm) between a gap of consecutive slices and the median gap,
-    measured along the slice normal from each file's ImagePositionPatient."""
-    count = len(reader.GetFileNames())
-    if count < 3 or not all(reader.HasMetaDataKey(i, "0020|0032") for i in range(count)):
-        return 0.0
-    positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                          for i in range(count)])
-    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
-    gaps = np.diff(positions @ normal)
-    return float(np.max(np.abs(gaps - np.median(gaps))))
-
-
-def list_dicom_series(folder: PathLike) -> tuple[str, ...]:
-    """SeriesInstanceUIDs of the DICOM files directly in ``folder`` (sub-folders not searched)."""
-    return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
 def read_dicom_series(
     folder: PathLike, series_uid: str | None = None, *, allow_nonfinite: bool = False
 ) -> Volume:
@@ -178,35 +201,12 @@ def read_dicom_series(
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
-        VolumeReadError: no DICOM files, several series and no ``series_uid`` (the UIDs
-            are listed), an unknown ``series_uid``, or unreadable slices.
+        VolumeReadError: no DICOM files, several series and no ``series_uid`` or an unknown
+            one (each series is listed: UID, SeriesDescription, slice count), a FIFO or
+            device in the folder, or unreadable slices.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such DICOM folder: {folder}")
-    uids = list_dicom_series(folder) if any(p.is_file() for p in folder.iterdir()) else ()
-    if not uids:
-        raise VolumeReadError(f"no DICOM series in {folder} (sub-folders are not searched)")
-    if series_uid is None and len(uids) > 1:
-        raise VolumeReadError(
-            f"{folder} holds {len(uids)} DICOM series; pass series_uid=, one of: {', '.join(uids)}"
-        )
-    if series_uid is not None and series_uid not in uids:
-        raise VolumeReadError(f"no series {series_uid} in {folder}; found: {', '.join(uids)}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_uid or uids[0]))
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise VolumeReadError(f"cannot read DICOM series in {folder}: {_itk_reason(err)}") from err
-    deviation = _slice_gap_deviation(reader, image)
-    if deviation > DICOM_GAP_TOLERANCE_MM:
-        logger.warning(
-            "%s: missing slices or uneven slice spacing (gaps differ by up to %.3g mm; ITK "
-            "uses the mean spacing, so positions drift)", folder, deviation
-        )
-    volume = _volume_from_image(image, folder)
+    volume = volume_from_image(read_series_image(folder, series_uid), folder)
     if not allow_nonfinite:
         check_finite(volume, folder)
     return volume
@@ -273,19 +273,25 @@ def convert_to_nifti(
     they fit, else ``uint16``.
 
     Args:
-        src: file or DICOM series folder (``series_uid`` picks one of several series).
-        dst: destination ending in ``.nii`` or ``.nii.gz``.
+        src: file or DICOM series folder.
+        dst: destination ending in ``.nii`` or ``.nii.gz`` (any case); written atomically.
+        series_uid: the SeriesInstanceUID to read when ``src`` is a folder of several series.
 
     Returns:
         ``dst`` as a `Path`.
 
     Raises:
-        ValueError: ``dst`` is not NIfTI, or a label is negative, fractional or > 65535.
+        ValueError: ``dst`` is not NIfTI, ``series_uid`` with a file ``src``, or a label is
+            negative, fractional or > 65535.
+        IsADirectoryError: ``dst`` is an existing folder (checked before reading ``src``).
         FileNotFoundError, VolumeReadError: see `read_volume`.
     """
     dst, src = Path(dst), Path(src)
     if detect_format(dst) not in (".nii", ".nii.gz"):
         raise ValueError(f"destination must end in .nii or .nii.gz; got {dst}")
+    check_writable_name(dst, detect_format(dst))
+    if series_uid is not None and not src.is_dir():
+        raise ValueError(f"{src}: a series UID picks a series in a DICOM folder; this is a file")
     volume = read_dicom_series(src, series_uid) if src.is_dir() else read_volume(src)
     if is_label:
         label = ensure_integer_label(volume, src)
@@ -297,32 +303,45 @@ def convert_to_nifti(
 
 
 def _read_itk(path: Path, image_io: str) -> Volume:
+    """Read a NRRD or MetaImage file with ITK, after checking its start and its data file."""
+    check_header_start(path, image_io)
+    check_data_file(path, image_io)
+    native: list[str] = []
     try:
-        image = sitk.ReadImage(str(path), imageIO=image_io)
+        with native_stderr_captured(path, native):
+            image = sitk.ReadImage(str(path), imageIO=image_io)
     except RuntimeError as err:
-        raise VolumeReadError(f"cannot read {path}: {_itk_reason(err)}") from err
-    return _volume_from_image(image, path)
+        raise VolumeReadError(f"cannot read {path}: not a readable {_FORMAT_NAMES[image_io]} "
+                              f"file: {itk_reason(err, native)}") from err
+    return volume_from_image(image, path)
 
 
 def _read_nifti(path: Path) -> Volume:
-    """Geometry from ITK (as for every format), voxels from nibabel (see module docstring)."""
+    """Geometry from ITK (as for every format), voxels from nibabel (see module docstring),
+    once the header's voxel type, geometry and size have been checked."""
+    mixed_case = mixed_case_nifti(path, detect_format(path))
+    if mixed_case:
+        raise VolumeReadError(f"cannot read {path}: {mixed_case}")
+    check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetImageIO("NiftiImageIO")
     reader.SetFileName(str(path))
+    native: list[str] = []
     try:
-        reader.ReadImageInformation()
+        with native_stderr_captured(path, native):
+            reader.ReadImageInformation()
         # nibabel (X, Y, Z[, T][, 1, C]) -> ITK's layout, channel first: (C, Z, Y, X) for a
         # vector image, (T, Z, Y, X) for 4D; trailing singleton axes dropped as ITK does.
         components = reader.GetNumberOfComponents()
         shape = ((components,) if components > 1 else ()) + reader.GetSize()[::-1]
         array = _read_nifti_voxels(path).T.reshape(shape)
     except RuntimeError as err:
-        raise VolumeReadError(f"cannot read {path}: {_itk_reason(err)}") from err
+        raise VolumeReadError(f"cannot read {path}: {itk_reason(err, native)}") from err
     except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as err:
         raise VolumeReadError(f"cannot read {path}: corrupt or truncated ({err})") from err
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
     geometry = (reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-    return _volume_from_parts(array, reader.GetDimension(), *geometry, path)
+    return volume_from_parts(array, reader.GetDimension(), *geometry, path)
 
 
 def _read_nifti_voxels(path: Path) -> np.ndarray:
@@ -334,39 +353,6 @@ def _read_nifti_voxels(path: Path) -> np.ndarray:
     return image.get_fdata(dtype=np.promote_types(proxy.dtype, np.float32))
 
 
-def _volume_from_image(image: sitk.Image, source: Path) -> Volume:
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = np.moveaxis(array, -1, 0)
-    geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    return _volume_from_parts(array, image.GetDimension(), *geometry, source)
-
-
-def _volume_from_parts(array, dimension, spacing, origin, direction, source) -> Volume:
-    """(Z, Y, X) or channel-first voxels + ITK geometry of a 3D image or a 4D image whose
-    4th axis is the channel (Decathlon) -> `Volume` with the 3D geometry."""
-    direction = np.reshape(direction, (dimension, dimension))
-    cross_terms = [*direction[3, :3], *direction[:3, 3]] if dimension == 4 else [0.0]
-    mixed = np.abs(cross_terms).max() > 1e-6  # 4th axis tilted into space: not a channel
-    if dimension not in (3, 4) or array.ndim not in (3, 4) or array.ndim < dimension or mixed:
-        raise VolumeReadError(
-            f"cannot read {source}: expected a 3D image or a 4D image with channels as its "
-            f"4th axis; got a {dimension}D image with voxel array {array.shape}"
-        )
-    return Volume(array, spacing[2::-1], origin[:3], direction[:3, :3])
-
-
-def _image_from_volume(volume: Volume) -> sitk.Image:
-    """`Volume` -> 3D image, or a 4D image (channel = 4th index axis) for ``(C, Z, Y, X)``."""
-    array = volume.array
-    if array.dtype == np.bool_ or array.dtype == np.float16:
-        array = array.astype(np.uint8 if array.dtype == np.bool_ else np.float32)
-    if array.ndim == 3:
-        return volume.with_array(array).to_sitk()
-    geometry = (volume.spacing_mm, volume.origin_mm, volume.direction)
-    return sitk.JoinSeries([Volume(channel, *geometry).to_sitk() for channel in array])
-
-
 def _write_image(image: sitk.Image, path: Path, image_io: str, compress: bool) -> None:
     writer = sitk.ImageFileWriter()
     writer.SetImageIO(image_io)
@@ -375,20 +361,17 @@ def _write_image(image: sitk.Image, path: Path, image_io: str, compress: bool) -
     writer.Execute(image)
 
 
-def _write_detached(image: sitk.Image, path: Path, image_io: str, compress: bool) -> None:
-    """Write header + data file in a temporary folder beside ``path``; move data, then header."""
+def _write_detached(image: sitk.Image, path: Path, ext: str, compress: bool) -> None:
+    """Write header + data file in a temporary folder beside ``path``; move data, then header.
+
+    The header is written with the lower-case ``ext`` (ITK's writers want it) and renamed to
+    ``path``'s name; the data file keeps ``path``'s stem, which is what the header names.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
-        tmp_header = Path(tmp) / path.name
-        _write_image(image, tmp_header, image_io, compress)
+        tmp_header = Path(tmp) / f"{path.name[: -len(ext)]}{ext}"
+        _write_image(image, tmp_header, IMAGE_IOS[ext], compress)
         for written in Path(tmp).iterdir():
             if written != tmp_header:
                 os.replace(written, path.parent / written.name)
         os.replace(tmp_header, path)
-
-
-def _itk_reason(err: RuntimeError) -> str:
-    """The useful part of a SimpleITK exception (drops the C++ source location)."""
-    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-    reason = " ".join(lines) or str(err)
-    return re.sub(r"(ITK|sitk::)\s?ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", reason)
