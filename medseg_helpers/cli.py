@@ -12,9 +12,11 @@ splitting them by sub-command group would spread one table over several files.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg_helpers.course.profiles import PROFILES, get_profile_name
@@ -26,6 +28,30 @@ def _profile(name: str) -> str:
         return get_profile_name(name)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """argparse type: a finite ``kind`` number > 0, else a usage error (exit 2) saying so."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} > 0; got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be {noun} > 0; got {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1..65535."""
+    port = _positive(int)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535; got {text!r}")
+    return port
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -57,7 +83,8 @@ def _data_download(args: argparse.Namespace) -> int:
 def _data_convert(args: argparse.Namespace) -> int:
     from medseg_helpers.data.io import convert_to_nifti
 
-    written = convert_to_nifti(args.source, args.destination, is_label=args.label)
+    written = convert_to_nifti(args.source, args.destination, is_label=args.label,
+                               series_uid=args.series_uid)
     print(f"wrote {written}")
     return 0
 
@@ -79,6 +106,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _check_onnx_model(Path(args.model))
+    if args.patch_size is not None and len(args.patch_size) not in (2, 3):
+        raise ValueError(f"--patch-size takes 2 numbers (2D model) or 3 (3D model); got "
+                         f"{len(args.patch_size)}")
     from medseg_helpers.deploy.serve import run_server
 
     run_server(
@@ -88,8 +119,40 @@ def _serve(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         max_upload_bytes=int(args.max_upload_mib * 2**20),
         max_concurrency=args.max_concurrency,
+        max_voxels=args.max_voxels,
+        patch_size=None if args.patch_size is None else tuple(args.patch_size),
+        num_threads=args.num_threads,
+        queue_timeout_s=args.queue_timeout_s,
     )
     return 0
+
+
+#: First bytes of files people pass instead of an ONNX model -> what they are.
+_NOT_ONNX_MAGIC = {b"PK\x03\x04": "a zip archive (a PyTorch checkpoint from torch.save?)",
+                   b"\x80": "a Python pickle (a PyTorch checkpoint?)"}
+
+
+def _check_onnx_model(path: Path) -> None:
+    """Refuse, before the server starts, a model path that is missing, not a regular file,
+    a PyTorch file (by suffix), or a file that does not start like an ONNX protobuf (field
+    1, ``ir_version``: byte ``0x08``).
+
+    Raises:
+        FileNotFoundError, ValueError: one line naming ``path`` and the problem.
+    """
+    export_hint = "export it with `medseg export RUN_DIR --format onnx --out MODEL.onnx` first"
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file; expected an exported .onnx model")
+    if path.suffix.lower() in (".pt", ".pth", ".pt2", ".ckpt"):
+        raise ValueError(f"{path}: a PyTorch file; the server runs ONNX models: {export_hint}")
+    with path.open("rb") as file:
+        start = file.read(4)
+    if not start.startswith(b"\x08"):
+        looks_like = next((what for magic, what in _NOT_ONNX_MAGIC.items()
+                           if start.startswith(magic)), "not an ONNX protobuf")
+        raise ValueError(f"{path}: not an ONNX model (this is {looks_like}): {export_hint}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -127,6 +190,7 @@ def _course_run(args: argparse.Namespace) -> int:
         notebooks=args.only,
         timeout_s=args.timeout,
         data_dir=args.data_dir,
+        notebook_dir=getattr(args, "notebook_dir", None),
         on_result=progress,
     )
     print()
@@ -146,6 +210,28 @@ def _default_course_dir(profile: str | None) -> Path:
     from medseg_helpers.paths import get_run_dir
 
     return get_run_dir() / f"course-{get_profile_name(profile)}"
+
+
+def _course_book(args: argparse.Namespace) -> int:
+    from medseg_helpers.course.book import build_book, stale_notebooks
+    from medseg_helpers.course.runner import list_notebooks
+    from medseg_helpers.paths import get_run_dir, repo_root
+
+    run_dir = Path(args.run_dir) if args.run_dir else _default_course_dir(args.profile)
+    notebook_dir = list_notebooks(args.notebook_dir)[0].parent
+    stale = stale_notebooks(run_dir, notebook_dir)
+    if stale:
+        print(f"{len(stale)} notebook(s) not executed in {run_dir} or older than their "
+              f"source ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): running "
+              "the course first", flush=True)
+    # A notebook that failed or missed a threshold still gets its page (showing why).
+    code = _course_run(argparse.Namespace(profile=args.profile, out=str(run_dir), only=None,
+                                          timeout=None, data_dir=None,
+                                          notebook_dir=notebook_dir)) if stale else 0
+    index = build_book(run_dir, Path(args.out) if args.out else get_run_dir() / "book",
+                       notebook_dir, readme=repo_root() / "README.md")
+    print(f"book: {index.resolve()}")
+    return code
 
 
 def _course_check(args: argparse.Namespace) -> int:
@@ -274,6 +360,8 @@ def _tune(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``medseg`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback too (before the subcommand)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="make, download or convert data").add_subparsers(
@@ -300,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source")
     convert.add_argument("destination", help="output .nii.gz path")
     convert.add_argument("--label", action="store_true", help="write an integer label map")
+    convert.add_argument("--series-uid", default=None,
+                         help="SeriesInstanceUID to convert when the DICOM folder holds several "
+                         "(the error lists them)")
     convert.set_defaults(func=_data_convert)
 
     train = commands.add_parser(
@@ -325,11 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve an ONNX model over HTTP (POST /v1/segment)")
     serve.add_argument("model", help="exported .onnx model")
-    serve.add_argument("--num-classes", type=int, required=True, help="including background")
+    serve.add_argument("--num-classes", type=_positive(int), required=True,
+                       help="including background")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 only inside a container")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-upload-mib", type=float, default=64.0)
-    serve.add_argument("--max-concurrency", type=int, default=2)
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--max-upload-mib", type=_positive(float), default=64.0,
+                       help="largest request body in MiB (413 beyond; default 64)")
+    serve.add_argument("--max-concurrency", type=_positive(int), default=2,
+                       help="inferences at once; the rest wait (default 2)")
+    serve.add_argument("--max-voxels", type=_positive(int), default=256**3,
+                       help="largest accepted volume in voxels, checked from its header before "
+                       "decoding (422 beyond; default 256**3 = 16777216)")
+    serve.add_argument("--patch-size", type=_positive(int), nargs="+", default=None,
+                       metavar="N", help="training patch, 2 (2D model) or 3 (3D) numbers: "
+                       "larger inputs use sliding windows (default: whole slices/volumes)")
+    serve.add_argument("--num-threads", type=_positive(int), default=None,
+                       help="ONNX Runtime threads per inference (default: its own choice)")
+    serve.add_argument("--queue-timeout-s", type=_positive(float), default=30.0,
+                       help="seconds a request waits for a free slot before 503 (default 30)")
     serve.set_defaults(func=_serve)
 
     tune = commands.add_parser(
@@ -378,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, help="seconds per notebook")
     run.add_argument("--data-dir", default=None)
     run.set_defaults(func=_course_run)
+    book = course.add_parser("book", help="build the static HTML book of a course run "
+                             "(runs the course first if its notebooks are missing or stale)")
+    book.add_argument("--profile", type=_profile, default=None,
+                      help=f"{', '.join(PROFILES)}; default $MEDSEG_PROFILE, else full")
+    book.add_argument("--run-dir", default=None, help="course run (default runs/course-PROFILE)")
+    book.add_argument("--out", default=None, help="book folder (default runs/book)")
+    book.add_argument("--notebook-dir", default=None)
+    book.set_defaults(func=_course_book)
     for name, func, text in (
         ("check", _course_check, "check notebook conventions"),
         ("strip", _course_strip, "strip outputs except NBVAL_CHECK_OUTPUT cells"),
@@ -404,14 +516,40 @@ def _refuse_abbreviations(parser: argparse.ArgumentParser) -> None:
             _refuse_abbreviations(sub)
 
 
+#: Failures of the input or the environment: their message is the whole story.
+_EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, MemoryError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medseg``; returns the exit code."""
+    """Entry point of ``medseg``; returns the exit code.
+
+    An error prints one line, ``medseg: error: ...``, and returns 2 (``--debug`` prints the
+    traceback first); Ctrl-C returns 130. Usage errors exit 2 through argparse.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"medseg: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"medseg: error: {_error_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _error_line(exc: Exception) -> str:
+    """``exc`` as one line: its message, with its type where the message alone is not
+    enough (an empty message, an out-of-memory error, an unexpected exception type)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if isinstance(exc, MemoryError):
+        return f"out of memory: {text or 'an allocation failed'}"
+    if isinstance(exc, _EXPECTED_ERRORS) and text:
+        return text
+    if type(exc).__module__.startswith("onnxruntime"):
+        return f"ONNX Runtime: {text}"
+    return f"{type(exc).__name__}: {text} (rerun as `medseg --debug ...` for the traceback)"
 
 
 if __name__ == "__main__":
