@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # make course PROFILE=smoke (or MEDSEG_PROFILE=smoke make course): full | smoke | decathlon.
 PROFILE ?= $(or $(MEDSEG_PROFILE),full)
 TORCH_PIN := torch==2.13.0
-EXTRAS := course,deploy,tune,explain,dev
+EXTRAS := course,deploy,tune,explain,book,dev
 LOCK := requirements/cpu-lock.txt
 STAMP := $(VENV)/.medseg-installed
 
@@ -21,7 +21,7 @@ export XDG_CACHE_HOME ?= $(MEDSEG_RUN_DIR)/.cache
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PYTHONUTF8 := 1
 
-.PHONY: setup course test lint check pytest nbtest strip lock clean
+.PHONY: setup course book test lint check pytest nbtest strip lock clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ $(STAMP): pyproject.toml $(LOCK)
 course: setup
 	$(BIN)/medseg data synth --profile $(PROFILE)
 	$(BIN)/medseg course run --profile $(PROFILE)
+
+## The course as a static site to read without running: runs/book/index.html, one page per
+## executed notebook (offline: no fonts, themes or scripts fetched). Reuses
+## runs/course-$(PROFILE) when its notebooks are newer than their sources, else runs the
+## course first (PROFILE=smoke make book: minutes).
+book: setup
+	$(BIN)/medseg course book --profile $(PROFILE)
 
 ## Everything CI checks: lint, unit tests, notebook conventions, notebooks under nbval.
 test: setup

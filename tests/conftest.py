@@ -26,6 +26,24 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic_mr_dir(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def axial_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 2D ``UNet(1 -> 3 classes, base 4, depth 2)`` exported to ONNX with the
+    course slice cache's preprocessing (z-score, no resampling, axial slices); shared by
+    the service tests (an export costs seconds)."""
+    import torch
+
+    from medseg_helpers.deploy.export import export_onnx
+    from medseg_helpers.deploy.preprocessing import Preprocessing
+    from medseg_helpers.networks.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(2, 1, 3, base_channels=4, depth=2).eval()
+    return export_onnx(model, torch.randn(1, 1, 32, 32),
+                       tmp_path_factory.mktemp("onnx") / "axial.onnx",
+                       preprocessing=Preprocessing("zscore", {}, None, axis=0))
+
+
 @pytest.fixture(scope="module")
 def cases(dataset_dir: Path) -> list:
     """`decathlon.Case` list of `dataset_dir`."""

@@ -47,14 +47,9 @@ ZSCORE_AXIAL = Preprocessing("zscore", {}, None, axis=0)  # the course slice cac
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(axial_onnx_model):
     """Base URL of a uvicorn server on a free loopback port (stopped after the module)."""
-    folder = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    model = UNet(2, 1, NUM_CLASSES, base_channels=4, depth=2).eval()
-    path = export_onnx(model, torch.randn(1, 1, 32, 32), folder / "model.onnx",
-                       preprocessing=ZSCORE_AXIAL)
-    app = create_app(path, num_classes=NUM_CLASSES, max_upload_bytes=MAX_UPLOAD,
+    app = create_app(axial_onnx_model, num_classes=NUM_CLASSES, max_upload_bytes=MAX_UPLOAD,
                      max_voxels=MAX_VOXELS, max_concurrency=2, num_threads=1)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

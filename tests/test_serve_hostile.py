@@ -48,8 +48,8 @@ def _export(folder, preprocessing=AXIAL, in_channels=1):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return _export(tmp_path_factory.mktemp("hostile"))
+def model_path(axial_onnx_model):
+    return axial_onnx_model
 
 
 @pytest.fixture(scope="module")

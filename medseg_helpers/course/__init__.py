@@ -1,6 +1,7 @@
 """Running the course as a whole: profiles (sizes, recipes, thresholds), the course
-dataset and model that notebooks 05-10 share, the papermill runner and its report,
-and the notebook conventions `medseg course check` enforces.
+dataset and model that notebooks 05-10 share, the papermill runner and its report, the
+static book of a run (`make book`), and the notebook conventions `medseg course check`
+enforces.
 """
 
 from medseg_helpers.exports import lazy_exports
@@ -23,6 +24,7 @@ _EXPORTS = {
     "THRESHOLDS": "profiles",
     "TrainedModel": "model",
     "bootstrap_source": "hygiene",
+    "build_book": "book",
     "check_course": "hygiene",
     "check_notebook": "hygiene",
     "check_thresholds": "runner",
@@ -43,6 +45,7 @@ _EXPORTS = {
     "render_html": "report",
     "render_markdown": "report",
     "run_course": "runner",
+    "stale_notebooks": "book",
     "strip_notebook": "hygiene",
     "synthetic_dataset_dir": "data",
     "threshold_checks": "runner",
