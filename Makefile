@@ -44,7 +44,7 @@ course: setup
 ## runs/course-$(PROFILE) when its notebooks are newer than their sources, else runs the
 ## course first (PROFILE=smoke make book: minutes).
 book: setup
-	$(BIN)/medseg course book --profile $(PROFILE)
+	MEDSEG_SOLUTIONS=1 $(BIN)/medseg course book --profile $(PROFILE)
 
 ## Everything CI checks: lint, unit tests, notebook conventions, notebooks under nbval.
 test: setup
@@ -61,8 +61,9 @@ check: setup
 pytest: setup
 	MEDSEG_PROFILE=smoke $(BIN)/pytest -q
 
+## Solution cells (%%solution) run and are checked here; "Run all" leaves them off.
 nbtest: setup
-	MEDSEG_PROFILE=smoke MEDSEG_RUN_DIR=$(MEDSEG_RUN_DIR)/nbval \
+	MEDSEG_PROFILE=smoke MEDSEG_SOLUTIONS=1 MEDSEG_RUN_DIR=$(MEDSEG_RUN_DIR)/nbval \
 	  $(BIN)/pytest -q --nbval-lax -p no:cacheprovider notebooks/
 
 strip: setup

@@ -11,6 +11,17 @@ The model is an untrained course ``UNet(2D, base_channels=16, depth=4)`` (batch 
 or ``--model PATH.onnx`` (then give ``--num-classes``); the volume is ``(X, Y, Z) =
 (--size, --size, --slices)`` float32 MR-like noise (inference cost does not depend on the
 content). Absolute numbers vary with the machine's load; compare rows of one run.
+
+A second table (``--memory``, on by default) measures the server's peak resident memory
+(``VmHWM`` of the child, reset between rows through ``/proc/<pid>/clear_refs``, Linux only)
+with the voxel budget ``--max-voxels``: idle; one request with the largest accepted
+volume (a cube of ``max_voxels``); ``--concurrent`` clients at once posting it (the service decodes
+and segments at most ``--max-concurrency`` at a time); and a hostile upload that is small
+on the wire but declares far more voxels than the budget (answered 422 from its header).
+Each row's growth (peak during it minus the resident memory before it), divided by the
+budget, is the memory a deployment needs per running request and voxel; the README quotes
+it. The service waits up to 600 s for a slot here (``--queue-timeout-s``), so every
+concurrent request is served rather than answered 503.
 """
 
 from __future__ import annotations
@@ -54,6 +65,74 @@ def _payload(args: argparse.Namespace) -> bytes:
     return gzip.compress(nib.Nifti1Image(image, affine).to_bytes())
 
 
+def _cube_payload(voxels: int) -> tuple[bytes, tuple[int, int, int]]:
+    """A ``.nii.gz`` int16 cube of at most ``voxels`` voxels (MR-like noise): the largest
+    volume the budget accepts, small on the wire."""
+    import nibabel as nib
+
+    side = int(round(voxels ** (1 / 3)))
+    while side**3 > voxels:
+        side -= 1
+    rng = np.random.default_rng(1)
+    image = rng.normal(100, 20, size=(side, side, side)).astype(np.int16)
+    return gzip.compress(nib.Nifti1Image(image, np.diag([1.0, 1.0, 1.0, 1.0])).to_bytes(),
+                         compresslevel=1), (side, side, side)
+
+
+def _declared_bomb(shape_xyz: tuple[int, int, int]) -> bytes:
+    """A NIfTI whose header declares ``shape_xyz`` float32 voxels, with no voxel data."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape_xyz)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    return gzip.compress(header.binaryblock + b"\0" * 4)
+
+
+def _rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` of ``pid`` in MiB, from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def _reset_peak(pid: int) -> None:
+    """Start a new peak-RSS window (Linux >= 4.0: writing 5 to ``clear_refs``)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def memory_rows(url: str, pid: int, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Peak RSS of the server for the memory table (see the module docstring)."""
+    import httpx
+
+    cube, shape = _cube_payload(args.max_voxels)
+    bomb_shape = (2048, 2048, max(4, 4 * args.max_voxels // 2048**2 + 4))
+    cases = [("idle", None, 0), (f"largest accepted {shape}", cube, 1),
+             (f"largest accepted, {args.concurrent} clients", cube, args.concurrent),
+             (f"hostile header {bomb_shape}", _declared_bomb(bomb_shape), 1)]
+    def post(body: bytes) -> int:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            return http.post("/v1/segment", files={"file": ("x", body)}).status_code
+
+    rows = []
+    for name, payload, clients in cases:
+        _reset_peak(pid)
+        before = _rss_mib(pid, "VmRSS")
+        start = time.perf_counter()
+        statuses: list[int] = []
+        if payload is not None:
+            with ThreadPoolExecutor(clients) as pool:
+                statuses = list(pool.map(post, [payload] * clients))
+        rows.append({"case": name, "upload_mib": len(payload or b"") / 2**20,
+                     "statuses": ",".join(map(str, sorted(statuses))) or "-",
+                     "seconds": time.perf_counter() - start, "before_mib": before,
+                     "peak_mib": _rss_mib(pid)})
+    return rows
+
+
 def measure(url: str, payload: bytes, clients: int, seconds: float) -> dict[str, float]:
     """Post ``payload`` from ``clients`` threads for ``seconds``; throughput and latency."""
     import httpx
@@ -93,18 +172,28 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=2, help="service inference slots")
     parser.add_argument("--model", default=None, help="an exported .onnx (default: untrained)")
     parser.add_argument("--num-classes", type=int, default=3)
+    parser.add_argument("--max-voxels", type=int, default=128**3,
+                        help="the service's voxel budget for the memory table")
+    parser.add_argument("--concurrent", type=int, default=4,
+                        help="clients posting the largest volume at once (memory table)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the memory table")
     args = parser.parse_args()
     if args.quick:
         args.clients, args.seconds, args.size, args.slices = [1, 4], 2.0, 64, 8
+        args.max_voxels, args.concurrent = 32**3, 2
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         env = {"XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         model_path, num_classes = _model(Path(tmp), args)
         payload = _payload(args)
         with BackgroundService(model_path, num_classes=num_classes, log_dir=tmp, env=env,
-                               extra_args=["--max-concurrency", str(args.max_concurrency)]
+                               extra_args=["--max-concurrency", str(args.max_concurrency),
+                                           "--max-voxels", str(args.max_voxels),
+                                           "--queue-timeout-s", "600"]
                                ) as service:
             measure(service.url, payload, 1, 1.0)  # warm-up
             rows = [measure(service.url, payload, n, args.seconds) for n in args.clients]
+            memory = memory_rows(service.url, service.process.pid, args) if args.memory else []
     print(f"medseg serve on 127.0.0.1, {model_path.name}, max_concurrency="
           f"{args.max_concurrency}, volume {args.size}x{args.size}x{args.slices} float32 "
           f"({len(payload) / 2**20:.1f} MB .nii.gz), {os.cpu_count()} cores, load average "
@@ -114,6 +203,19 @@ def main() -> None:
     for row in rows:
         print(f"| {row['clients']} | {row['requests']} | {row['ok']} | {row['rps']:.2f} | "
               f"{row['rps'] * args.slices:.0f} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} |")
+    if not memory:
+        return
+    print(f"\nPeak RSS of the server, --max-voxels {args.max_voxels} "
+          f"(a {args.max_voxels * 4 / 2**20:.0f} MiB float32 volume), --max-concurrency "
+          f"{args.max_concurrency}; growth = peak during the row minus RSS before it")
+    print("\n| request | upload MiB | statuses | seconds | RSS before MiB | peak RSS MiB | "
+          "growth MiB | growth bytes per budget voxel |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for row in memory:
+        growth = row["peak_mib"] - row["before_mib"]
+        print(f"| {row['case']} | {row['upload_mib']:.2f} | {row['statuses']} | "
+              f"{row['seconds']:.1f} | {row['before_mib']:.0f} | {row['peak_mib']:.0f} | "
+              f"{growth:.0f} | {growth * 2**20 / args.max_voxels:.0f} |")
 
 
 if __name__ == "__main__":
