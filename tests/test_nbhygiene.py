@@ -9,7 +9,13 @@ from medseg_helpers.cli import main
 from medseg_helpers.course.hygiene import check_notebook, missing_imports, strip_notebook
 
 BOOTSTRAP = "import sys\nif 'google.colab' in sys.modules:\n    pass"
-PARAMETERS = "import os\nPROFILE = os.environ.get('MEDSEG_PROFILE', 'smoke')"
+PARAMETERS = "import os\nPROFILE = os.environ.get('MEDSEG_PROFILE', 'smoke')\nSOLUTIONS = None"
+IMPORTS = ("%load_ext medseg_helpers.course.exercises\n"
+           "from medseg_helpers.course.exercises import answer, check_exercise")
+STARTER = "def double(x):\n    ...  # your code"
+SOLUTION = "%%solution\ndef double(x):\n    return 2 * x"
+CHECK = ("def test():\n    assert answer(double(2)) == 4\n"
+         "check_exercise('1 · double', test)")
 
 
 def _clean_notebook() -> nbformat.NotebookNode:
@@ -19,14 +25,28 @@ def _clean_notebook() -> nbformat.NotebookNode:
     }  # fmt: skip
     params = nbformat.v4.new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
+    solution = nbformat.v4.new_code_cell(SOLUTION)
+    solution.metadata["jupyter"] = {"source_hidden": True}
     nb.cells = [
         nbformat.v4.new_markdown_cell("# 99 · Example\n\n## You will learn\n- things"),
         nbformat.v4.new_code_cell(BOOTSTRAP),
         params,
         nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(1)"),
         nbformat.v4.new_markdown_cell("## Exercises\n1. try\n\n## Summary\n- done"),
+        nbformat.v4.new_code_cell(IMPORTS),
+        nbformat.v4.new_code_cell(STARTER),
+        solution,
+        nbformat.v4.new_code_cell(CHECK),
     ]
     return nb
+
+
+def _unguard_solution(nb) -> None:
+    nb.cells[7].source = nb.cells[7].source.removeprefix("%%solution\n")
+
+
+def _solution_before_load(nb) -> None:
+    nb.cells[5].source = "import math"
 
 
 def _write(tmp_path, nb) -> object:
@@ -55,6 +75,11 @@ def _add_code(nb, source):
         (lambda nb: nb.cells[4].update(source="## Summary"), "missing a 'Exercises' heading"),
         (lambda nb: nb.metadata["kernelspec"].update(name="conda-env"), "kernelspec name"),
         (lambda nb: nb.cells[0].update(source="Intro"), "Markdown title"),
+        (lambda nb: nb.cells[2].update(source=PARAMETERS.replace("SOLUTIONS = None", "")),
+         "parameters cell must define SOLUTIONS"),
+        (_unguard_solution, "a hidden (solution) cell must start with %%solution"),
+        (_solution_before_load, "%%solution before '%load_ext medseg_helpers.course.exercises'"),
+        (lambda nb: nb.cells.pop(8), "no exercise the learner codes and checks"),
     ],
 )
 def test_each_broken_convention_is_reported(tmp_path, break_it, message):

@@ -12,6 +12,9 @@ Conventions (DEVELOPERS.md, COURSE_DESIGN.md §5):
 * every ``medseg_helpers`` import names a module or public name that exists (a module
   that moved is caught here, before a learner meets the ``ImportError``);
 * a title, "You will learn", "Exercises" and "Summary" headings;
+* exercises in the shape of `course.exercises`: the ``%%solution`` magic loaded, a
+  ``SOLUTIONS`` parameter, every hidden code cell a ``%%solution`` cell, and at least one
+  exercise the learner codes and checks (a ``check_exercise(...)`` cell);
 * the ``python3`` kernel, and no saved widget state.
 """
 
@@ -35,6 +38,7 @@ _PROFILE_READERS = ("MEDSEG_PROFILE", "profile_defaults")
 _ABSOLUTE_PATH = re.compile(
     r"""["'](?:/(?:home|Users|root|work|tmp|mnt|content|data)\b|[A-Za-z]:\\)"""
 )
+_LOAD_EXERCISES = "%load_ext medseg_helpers.course.exercises"
 _CUDA_LITERAL = re.compile(r"""["']cuda(?::\d+)?["']|\.cuda\(""")
 
 
@@ -228,6 +232,29 @@ def _check_structure(nb: dict) -> list[tuple[int | None, str]]:
     for heading in REQUIRED_HEADINGS:
         if not re.search(rf"^#+ .*{re.escape(heading)}", markdown, flags=re.M | re.I):
             found.append((None, f"missing a '{heading}' heading"))
+    if len(tagged) == 1 and not re.search(r"^SOLUTIONS\s*=", _source(cells[tagged[0]]), re.M):
+        found.append((tagged[0], "parameters cell must define SOLUTIONS (course.exercises)"))
+    return found + _check_exercises(cells)
+
+
+def _check_exercises(cells: list[dict]) -> list[tuple[int | None, str]]:
+    """The exercise shape of `course.exercises` (see the module docstring)."""
+    found: list[tuple[int | None, str]] = []
+    loaded = None
+    for i, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        src = _source(cell)
+        if loaded is None and _LOAD_EXERCISES in src:
+            loaded = i
+        is_solution = src.lstrip().startswith("%%solution")
+        hidden = cell.get("metadata", {}).get("jupyter", {}).get("source_hidden", False)
+        if hidden and not is_solution:
+            found.append((i, "a hidden (solution) cell must start with %%solution"))
+        if is_solution and (loaded is None or loaded > i):
+            found.append((i, f"%%solution before '{_LOAD_EXERCISES}'"))
+    if not any("check_exercise(" in _source(c) for c in cells if c.get("cell_type") == "code"):
+        found.append((None, "no exercise the learner codes and checks (check_exercise)"))
     return found
 
 
