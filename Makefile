@@ -59,7 +59,7 @@ check: setup
 	$(BIN)/medseg course check
 
 pytest: setup
-	MEDSEG_PROFILE=smoke $(BIN)/pytest -q
+	MEDSEG_PROFILE=smoke $(BIN)/pytest -q --durations=10
 
 ## Solution cells (%%solution) run and are checked here; "Run all" leaves them off.
 nbtest: setup
