@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-COURSE_EXTRAS = ("course", "deploy", "tune", "explain")
+COURSE_EXTRAS = ("course", "deploy", "tune", "explain", "book")
 
 
 def _name(requirement: str) -> str:
@@ -28,8 +28,9 @@ def _course_requirements() -> list[str]:
 
 def test_the_course_extra_brings_every_extra_the_notebooks_import():
     # the Colab bootstrap installs medseg-helpers[course]; notebooks 07-09 need optuna,
-    # onnxruntime, fastapi and scikit-image
-    assert "medseg-helpers[deploy,tune,explain]" in _pyproject()["optional-dependencies"]["course"]
+    # onnxruntime, fastapi and scikit-image; `make book` needs the book extra
+    course = _pyproject()["optional-dependencies"]["course"]
+    assert "medseg-helpers[deploy,tune,explain,book]" in course
 
 
 def _pip_section(path: Path) -> list[str]:
