@@ -19,6 +19,7 @@ and require.js from a CDN.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import os
@@ -61,19 +62,25 @@ def stale_notebooks(run_dir: str | os.PathLike, notebook_dir: str | os.PathLike)
             or (executed / source.name).stat().st_mtime < source.stat().st_mtime]
 
 
-def markdown_to_html(text: str) -> str:
-    """Markdown (tables, raw HTML such as ``<details>``, fenced code) as HTML; formulas as
-    MathML, code highlighted."""
+@functools.cache
+def _markdown_parser() -> Any:
+    """One mistune parser for every cell: tables, strikethrough, math, highlighted code."""
     import mistune
-    from latex2mathml.converter import convert
 
     class Renderer(mistune.HTMLRenderer):
         def block_code(self, code: str, info: str | None = None) -> str:
             return _highlight(code, (info or "text").split()[0])
 
-    markdown = mistune.create_markdown(escape=False, renderer=Renderer(escape=False),
-                                       plugins=["table", "strikethrough", "math"])
-    out = markdown(text)
+    return mistune.create_markdown(escape=False, renderer=Renderer(escape=False),
+                                   plugins=["table", "strikethrough", "math"])
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown (tables, raw HTML such as ``<details>``, fenced code) as HTML; formulas as
+    MathML, code highlighted."""
+    from latex2mathml.converter import convert
+
+    out = _markdown_parser()(text)
     out = _MATH_BLOCK.sub(lambda m: convert(html.unescape(m[1]).strip(), display="block"), out)
     return _MATH_INLINE.sub(lambda m: convert(html.unescape(m[1]), display="inline"), out)
 
@@ -92,12 +99,8 @@ def _highlight(code: str, language: str = "python") -> str:
     return highlight(code, lexer, HtmlFormatter(cssclass="code"))
 
 
-def _source(cell: dict[str, Any]) -> str:
-    source = cell.get("source", "")
-    return source if isinstance(source, str) else "".join(source)
-
-
 def _text(value: Any) -> str:
+    """A notebook string field, stored as one string or a list of lines."""
     return value if isinstance(value, str) else "".join(value)
 
 
@@ -124,11 +127,11 @@ def _render_output(output: dict[str, Any]) -> str:
 
 
 def _render_cell(cell: dict[str, Any]) -> str:
+    source = _text(cell.get("source", ""))
     if cell["cell_type"] == "markdown":
-        return f'<section class="markdown">{markdown_to_html(_source(cell))}</section>'
+        return f'<section class="markdown">{markdown_to_html(source)}</section>'
     if cell["cell_type"] != "code":
         return ""
-    source = _source(cell)
     lines = source.count("\n") + 1
     count = cell.get("execution_count")
     label = f"In [{count}]" if count else "code"
@@ -142,7 +145,7 @@ def _render_cell(cell: dict[str, Any]) -> str:
 def _title(notebook: dict[str, Any], fallback: str) -> str:
     for cell in notebook["cells"]:
         if cell["cell_type"] == "markdown":
-            first = _source(cell).lstrip().splitlines()[:1]
+            first = _text(cell.get("source", "")).lstrip().splitlines()[:1]
             if first and first[0].startswith("# "):
                 return first[0][2:].strip()
     return fallback
@@ -204,8 +207,9 @@ def build_book(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileNotFoundError(f"{run_dir / 'notebooks'} holds no executed notebook: run "
                                 "`medseg course run` (or `make course`) first")
     notebooks = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in executed}
+    titles = {stem: _title(nb, stem) for stem, nb in notebooks.items()}
     pages = [BookPage("index.html", "Start here")]
-    pages += [BookPage(f"{stem}.html", _title(nb, stem)) for stem, nb in notebooks.items()]
+    pages += [BookPage(f"{stem}.html", title) for stem, title in titles.items()]
     pages.append(BookPage("report.html", "Run report"))
     shutil.rmtree(out_dir, ignore_errors=True)
     (out_dir / "notebooks").mkdir(parents=True)
@@ -221,7 +225,7 @@ def build_book(run_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    f"Download notebook</a></p>")
         body = "".join(_render_cell(cell) for cell in notebook["cells"])
         write_text_atomic(out_dir / f"{stem}.html",
-                          _page(_title(notebook, stem), body, pages, f"{stem}.html", actions))
+                          _page(titles[stem], body, pages, f"{stem}.html", actions))
     report = run_dir / "report.md"
     report_html = (markdown_to_html(report.read_text(encoding="utf-8")) if report.is_file()
                    else "<p>This run wrote no report.</p>")

@@ -218,19 +218,20 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
                      f"model's {segmenter.preprocessing.spacing_mm[::-1]} mm grid; the limit "
                      f"is {max_voxels}")
 
-    def decode(data: bytes, series_uid: str | None) -> tuple[np.ndarray, Any]:
-        """The upload's voxels ``(X, Y, Z)`` float32 and nibabel image (all limits checked)."""
-        if sniff_format(data) == "zip":
+    def decode(data: bytes, kind: str, series_uid: str | None) -> tuple[np.ndarray, Any]:
+        """The upload's voxels ``(X, Y, Z)`` float32 and nibabel image (all limits checked);
+        ``kind`` is `sniff_format`'s answer."""
+        if kind == "zip":
             return parse_dicom_zip(data, max_voxels * 8 + 2**24, max_voxels, check_grid,
                                    series_uid)
         return parse_nifti(data, max_voxels, check_grid)
 
     def process(data: bytes, series_uid: str | None) -> tuple[bytes, dict[str, Any]]:
-        sniff_format(data)  # 415 without waiting for a slot
+        kind = sniff_format(data)  # 415 without waiting for a slot
         if not slots.acquire(timeout=queue_timeout_s):
             raise ServiceError(503, "all inference slots busy; retry later")
         try:  # decode inside the slot: at most max_concurrency decoded volumes at once
-            array, image = decode(data, series_uid)
+            array, image = decode(data, kind, series_uid)
             metrics.observe_intensity(float(array.mean(dtype=np.float64)),
                                       float(array.std(dtype=np.float64)))
             try:
