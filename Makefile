@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # make course PROFILE=smoke (or MEDSEG_PROFILE=smoke make course): full | smoke | decathlon.
 PROFILE ?= $(or $(MEDSEG_PROFILE),full)
 TORCH_PIN := torch==2.13.0
-EXTRAS := course,deploy,tune,explain,book,dev
+EXTRAS := course,deploy,openvino,tune,explain,book,dev
 LOCK := requirements/cpu-lock.txt
 STAMP := $(VENV)/.medseg-installed
 

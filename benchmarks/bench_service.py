@@ -12,6 +12,13 @@ or ``--model PATH.onnx`` (then give ``--num-classes``); the volume is ``(X, Y, Z
 (--size, --size, --slices)`` float32 MR-like noise (inference cost does not depend on the
 content). Absolute numbers vary with the machine's load; compare rows of one run.
 
+With ``--run-dir RUN`` (a trained course run, e.g. ``runs/train-full-unet-2d``), the
+throughput table compares two exports of that model at ``--clients`` (default 1 2 4):
+``fp32`` (``medseg export --format onnx``: ONNX Runtime, float32) and ``best`` (``medseg
+export --format best``: the variant it measured fastest within 0.01 Dice, served in the
+runtime its ``model.deploy.json`` names), each posting the run's first test scan
+(``.nii.gz``, as a client would).
+
 A second table (``--memory``, on by default) measures the server's peak resident memory
 (``VmHWM`` of the child, reset between rows through ``/proc/<pid>/clear_refs``, Linux only)
 with the voxel budget ``--max-voxels``: idle; one request with the largest accepted
@@ -45,7 +52,7 @@ def _model(folder: Path, args: argparse.Namespace) -> tuple[Path, int]:
 
     from medseg_helpers.deploy.export import export_onnx
     from medseg_helpers.deploy.preprocessing import Preprocessing
-    from medseg_helpers.deploy.variants import quiet_exporters
+    from medseg_helpers.deploy.trained_export import quiet_exporters
     from medseg_helpers.networks.unet import UNet
 
     torch.manual_seed(0)
@@ -160,6 +167,47 @@ def measure(url: str, payload: bytes, clients: int, seconds: float) -> dict[str,
             "p95_ms": 1000 * float(np.percentile(latencies, 95)) if latencies else float("nan")}
 
 
+def compare_exports(args: argparse.Namespace, folder: Path) -> None:
+    """The ``--run-dir`` table: fp32 ONNX against the ``--format best`` export."""
+    import contextlib
+    import io
+
+    from medseg_helpers.cli import main as medseg
+    from medseg_helpers.course.model import load_trained_model
+    from medseg_helpers.deploy.service_process import BackgroundService
+
+    trained = load_trained_model(args.run_dir, device="cpu")
+    scan = trained.cases[trained.split.test[0]].image_path
+    payload = scan.read_bytes()
+    rows = []
+    for name in ("fp32", "best"):
+        out = folder / name / "model.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            medseg(["export", str(args.run_dir), "--format", "onnx" if name == "fp32" else name,
+                    "--out", str(out)])
+        with BackgroundService(out, num_classes=trained.num_classes, log_dir=folder,
+                               env={"XDG_CACHE_HOME": str(folder / "cache")},
+                               extra_args=["--max-concurrency", str(args.max_concurrency),
+                                           "--queue-timeout-s", "600"]) as service:
+            import httpx
+
+            runtime = httpx.get(f"{service.url}/health").json()["runtime"]
+            measure(service.url, payload, 1, 1.0)  # warm-up
+            rows += [{"export": f"{name} ({runtime})", **measure(service.url, payload, n,
+                                                                   args.seconds)}
+                     for n in args.clients]
+    base = {row["clients"]: row["rps"] for row in rows if row["export"].startswith("fp32")}
+    print(f"medseg serve on 127.0.0.1, {trained.run_dir.name}, max_concurrency="
+          f"{args.max_concurrency}, scan {scan.name} ({len(payload) / 2**20:.2f} MB), "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print("\n| export | clients | requests | 200 OK | requests/s | x fp32 | p50 ms | p95 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['export']} | {row['clients']} | {row['requests']} | {row['ok']} | "
+              f"{row['rps']:.2f} | {row['rps'] / base[row['clients']]:.2f} | "
+              f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} |")
+
+
 def main() -> None:
     from medseg_helpers.deploy.service_process import BackgroundService
 
@@ -171,6 +219,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--max-concurrency", type=int, default=2, help="service inference slots")
     parser.add_argument("--model", default=None, help="an exported .onnx (default: untrained)")
+    parser.add_argument("--run-dir", default=None,
+                        help="a trained run: compare its fp32 and --format best exports")
     parser.add_argument("--num-classes", type=int, default=3)
     parser.add_argument("--max-voxels", type=int, default=128**3,
                         help="the service's voxel budget for the memory table")
@@ -182,6 +232,12 @@ def main() -> None:
     if args.quick:
         args.clients, args.seconds, args.size, args.slices = [1, 4], 2.0, 64, 8
         args.max_voxels, args.concurrent = 32**3, 2
+    if args.run_dir:
+        if args.clients == [1, 2, 4, 8]:
+            args.clients = [1, 2, 4]
+        with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+            compare_exports(args, Path(tmp))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         env = {"XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         model_path, num_classes = _model(Path(tmp), args)

@@ -91,9 +91,11 @@ def _data_convert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from medseg_helpers.course.model import load_trained_model
-    from medseg_helpers.deploy.variants import export_trained_model
+    from medseg_helpers.deploy.trained_export import export_trained_model
 
     trained = load_trained_model(args.run_dir, which=args.which, device="cpu")
+    if args.format == "best":
+        return _export_best(trained, args.out)
     report = export_trained_model(trained, args.format, args.out)
     print(f"exported {args.format} to {report['path']} ({report['size_mb']:.2f} MB) in "
           f"{report['seconds']:.1f} s")
@@ -102,6 +104,19 @@ def _export(args: argparse.Namespace) -> int:
     if not report["passed"]:
         print("medseg: parity check FAILED", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export_best(trained, out: str) -> int:
+    from medseg_helpers.deploy.deployment import choose_deployment, descriptor_path
+
+    descriptor, table = choose_deployment(trained, out)
+    columns = ["latency_ms", "speedup", "dice", "dice_drop", "agreement", "max_abs_diff"]
+    print(f"measured on {len(trained.split.val)} validation patients "
+          f"({descriptor['measured_on']['threads']} threads):")
+    print(table[columns].to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"chose {descriptor['variant']}, {descriptor['speedup_vs_eager']:.2f}x eager: wrote "
+          f"{out} and {descriptor_path(out).name}")
     return 0
 
 
@@ -409,7 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a trained run and check parity")
     export.add_argument("run_dir", help="run directory of a training (config.yaml, checkpoints/)")
     export.add_argument("--format", required=True,
-                        choices=("onnx", "torchscript", "program", "int8"))
+                        choices=("onnx", "torchscript", "program", "int8", "best"),
+                        help="best: measure ONNX Runtime and OpenVINO (if installed) in "
+                        "fp32, bf16 and int8 on the validation patients and keep the fastest "
+                        "within 0.01 Dice of eager (writes MODEL.deploy.json for serve)")
     export.add_argument("--out", required=True, help="output file (.onnx, .pt, .pt2)")
     export.add_argument("--which", choices=("best", "last"), default="best")
     export.set_defaults(func=_export)

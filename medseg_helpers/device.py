@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,36 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+#: CPU features that decide which inference and training paths are fast: int8 dot products
+#: (VNNI), native bfloat16 (AVX-512 BF16) and Intel's matrix units (AMX).
+CPU_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                "amx_int8")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name and which of `CPU_FEATURES` it has (Linux; elsewhere the
+    features list is empty and the name is ``platform.processor()``).
+
+    Returns:
+        ``{"model": str, "features": [flag, ...]}`` in `CPU_FEATURES` order.
+    """
+    import platform
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def describe_environment() -> dict[str, str]:
     """Versions of Python and the course's main libraries, and the chosen device.
 
@@ -74,4 +105,6 @@ def describe_environment() -> dict[str, str]:
             info[package] = "not installed"
     info["device"] = str(get_device())
     info["cpu threads"] = str(torch.get_num_threads())
+    cpu = cpu_description()
+    info["cpu"] = f"{cpu['model']} ({', '.join(cpu['features']) or 'no AVX2'})"
     return info

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-COURSE_EXTRAS = ("course", "deploy", "tune", "explain", "book")
+COURSE_EXTRAS = ("course", "deploy", "openvino", "tune", "explain", "book")
 
 
 def _name(requirement: str) -> str:
@@ -30,7 +30,7 @@ def test_the_course_extra_brings_every_extra_the_notebooks_import():
     # the Colab bootstrap installs medseg-helpers[course]; notebooks 07-09 need optuna,
     # onnxruntime, fastapi and scikit-image; `make book` needs the book extra
     course = _pyproject()["optional-dependencies"]["course"]
-    assert "medseg-helpers[deploy,tune,explain,book]" in course
+    assert "medseg-helpers[deploy,openvino,tune,explain,book]" in course
 
 
 def _pip_section(path: Path) -> list[str]:

@@ -245,8 +245,8 @@ class _Recorder:
                                                       ((70, 50), "windowed")])
 def test_no_onnx_call_sees_more_than_voxels_per_call(model_path, slice_xy, calls_expected):
     segmenter = VolumeSegmenter(model_path, num_classes=NUM_CLASSES, voxels_per_call=1024)
-    recorder = _Recorder(segmenter.onnx)
-    segmenter.onnx = recorder
+    recorder = _Recorder(segmenter.runner)
+    segmenter.runner = recorder
     scan = Volume(np.random.default_rng(0).normal(size=(9, *slice_xy[::-1]))
                   .astype(np.float32))
     pred = segmenter.segment(scan)

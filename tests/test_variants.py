@@ -16,12 +16,12 @@ from conftest import smoke_course_model
 from medseg_helpers.cli import main  # noqa: E402
 from medseg_helpers.deploy.preprocessing import Preprocessing, read_preprocessing  # noqa: E402
 from medseg_helpers.deploy.prune import make_permanent, prune_channels, remove_pruned_channels  # noqa: E402
-from medseg_helpers.deploy.variants import (  # noqa: E402
+from medseg_helpers.deploy.trained_export import (  # noqa: E402
     calibration_images,
     example_input,
     export_trained_model,
-    variant_table,
 )
+from medseg_helpers.deploy.variants import variant_table  # noqa: E402
 from medseg_helpers.metrics.overlap import compute_dice  # noqa: E402
 
 FORMATS = {"onnx": "m.onnx", "torchscript": "m.pt", "program": "m.pt2", "int8": "m_int8.onnx"}
@@ -134,3 +134,133 @@ def test_variant_table_refuses_models_that_still_carry_masks(run) -> None:
 def test_variant_table_needs_a_known_reference(run) -> None:
     with pytest.raises(ValueError, match="reference 'x' is not one of"):
         variant_table(run[0], {"eager": run[0].model}, reference="x")
+
+
+# ----------------------------------------------------------- variants in other modes
+def test_variant_table_reports_agreement_and_runs_torch_modes_and_runtimes(run) -> None:
+    from medseg_helpers.deploy.runtime import openvino_available
+    from medseg_helpers.deploy.variants import ExportedVariant, TorchVariant
+
+    trained, paths, _ = run
+    variants = {"eager": trained.model,
+                "bf16 channels-last": TorchVariant(trained.model, bf16=True, channels_last=True),
+                "ORT default options": ExportedVariant(paths["onnx"], default_options=True)}
+    if openvino_available():
+        variants["OpenVINO bf16"] = ExportedVariant(paths["onnx"], "openvino", "bf16")
+    table = variant_table(trained, variants, repeats=1)
+    assert table.loc["eager", "agreement"] == 1.0
+    assert table.loc["ORT default options", "agreement"] == 1.0
+    assert table.loc["ORT default options", "max_abs_diff"] <= 1e-4
+    for name in set(variants) - {"eager", "ORT default options"}:  # bf16: 8-bit mantissa
+        assert table.loc[name, "agreement"] >= 0.99
+        assert 1e-4 < table.loc[name, "max_abs_diff"] < 1.0
+
+
+# ----------------------------------------------------------- the shipped deployment
+@pytest.fixture(scope="module")
+def best(run, tmp_path_factory):
+    """``medseg export --format best`` on the smoke run, and what it printed."""
+    import contextlib
+    import io
+
+    trained, _, _ = run
+    out = tmp_path_factory.mktemp("best") / "model.onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["export", str(trained.run_dir), "--format", "best", "--out", str(out)])
+    assert code == 0
+    return out, json.loads(out.with_name("model.deploy.json").read_text()), printed.getvalue()
+
+
+def test_best_ships_the_fastest_candidate_within_the_limits(run, best) -> None:
+    import hashlib
+
+    from medseg_helpers.deploy.deployment import candidates
+
+    out, descriptor, printed = best
+    rows = {row["variant"]: row for row in descriptor["table"]}
+    assert set(rows) == {"eager", *(c.name for c in candidates())}
+    passed = {name: row for name, row in rows.items() if name != "eager"
+              and row["dice_drop"] <= 0.01 and row["agreement"] >= 0.99}
+    fastest = min(passed, key=lambda name: passed[name]["latency_ms"])
+    assert descriptor["variant"] == fastest
+    assert fastest == f"{descriptor['runtime']} " + (
+        "int8" if descriptor["quantized"] == "int8" else descriptor["precision"])
+    assert descriptor["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert descriptor["measured_on"]["patients"] == list(run[0].split.val)
+    assert read_preprocessing(out) == Preprocessing.from_settings(run[0].cache.settings)
+    assert f"chose {fastest}, " in printed
+
+
+def test_the_deployment_loads_in_its_runtime_after_a_parity_check(best) -> None:
+    from medseg_helpers.deploy.deployment import load_deployment
+
+    out, descriptor, _ = best
+    runner = load_deployment(out)
+    assert (runner.runtime, runner.precision) == (descriptor["runtime"], descriptor["precision"])
+    assert runner.parity["agreement"] >= 0.99
+    assert runner.parity["max_abs_diff"] <= descriptor["tolerance"]["max_abs_diff"]
+
+
+def test_a_changed_file_or_a_failed_parity_check_refuses_to_serve(best, tmp_path) -> None:
+    import shutil
+
+    from medseg_helpers.deploy.deployment import DeploymentError, load_deployment
+
+    out, descriptor, _ = best
+    for name in ("model.onnx", "model.deploy.json", "model.probe.npz"):
+        shutil.copy(out.with_name(name), tmp_path / name)
+    strict = {**descriptor, "tolerance": {"max_abs_diff": -1.0, "min_agreement": 0.99}}
+    (tmp_path / "model.deploy.json").write_text(json.dumps(strict))
+    with pytest.raises(DeploymentError, match="model.onnx: parity check at load failed"):
+        load_deployment(tmp_path / "model.onnx")
+    with open(tmp_path / "model.onnx", "ab") as file:
+        file.write(b"\0")
+    with pytest.raises(DeploymentError, match="model.onnx: the file changed since"):
+        load_deployment(tmp_path / "model.onnx")
+
+
+def test_without_openvino_an_openvino_choice_runs_in_onnxruntime(best, tmp_path, monkeypatch,
+                                                                 caplog) -> None:
+    import shutil
+
+    from medseg_helpers.deploy import deployment
+
+    out, descriptor, _ = best
+    for name in ("model.onnx", "model.probe.npz"):
+        shutil.copy(out.with_name(name), tmp_path / name)
+    as_openvino = {**descriptor, "runtime": "openvino", "precision": "bf16"}
+    (tmp_path / "model.deploy.json").write_text(json.dumps(as_openvino))
+    monkeypatch.setattr(deployment, "openvino_available", lambda: False)
+    runner = deployment.load_deployment(tmp_path / "model.onnx")
+    assert (runner.runtime, runner.precision) == ("onnxruntime", "fp32")
+    assert "OpenVINO bf16, which is not installed" in caplog.text
+
+
+def test_a_model_without_descriptor_runs_in_onnxruntime_fp32(run) -> None:
+    from medseg_helpers.deploy.deployment import load_deployment
+
+    runner = load_deployment(run[1]["onnx"])
+    assert (runner.runtime, runner.precision, runner.parity) == ("onnxruntime", "fp32", None)
+
+
+def test_the_service_reports_the_runtime_it_serves_with(best) -> None:
+    from fastapi.testclient import TestClient
+
+    from medseg_helpers.deploy.serve import create_app
+
+    out, descriptor, _ = best
+    health = TestClient(create_app(out, num_classes=3)).get("/health").json()
+    assert health["runtime"] == f"{descriptor['runtime']} {descriptor['precision']}"
+    assert health["parity"]["agreement"] >= 0.99
+
+
+def test_a_channels_last_variant_leaves_the_shared_model_as_it_was(run) -> None:
+    from medseg_helpers.deploy.variants import TorchVariant
+
+    trained = run[0]
+    variant_table(trained, {"eager": trained.model,
+                            "channels-last": TorchVariant(trained.model, channels_last=True)},
+                  repeats=1)
+    weight = trained.model.stem[3].weight  # (C_out, C_in > 1, 3, 3)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,6 +1,10 @@
 """`VolumeSegmenter`: one raw scan in, its label map out, through an exported ONNX model,
 prepared exactly as the model's training data was, with bounded memory per call.
 
+The model runs as `deploy.deployment.load_deployment` says: in the runtime and precision
+that ``medseg export --format best`` chose and recorded beside it (after a parity check),
+else in ONNX Runtime, float32.
+
 The service (`deploy.serve`) runs one per app; it is also usable on its own::
 
     segmenter = VolumeSegmenter("runs/export/model.onnx", num_classes=3)
@@ -17,8 +21,8 @@ from pathlib import Path
 import torch
 
 from medseg_helpers.data.volume import Volume
+from medseg_helpers.deploy.deployment import load_deployment
 from medseg_helpers.deploy.preprocessing import preprocessing_from_metadata
-from medseg_helpers.deploy.runtime import OnnxSegmenter
 from medseg_helpers.inferers import Model, SlidingWindowInferer, predict_logits
 
 __all__ = ["VolumeSegmenter"]
@@ -30,9 +34,9 @@ class VolumeSegmenter:
     """Preprocess and segment one scan with an ONNX model, as the model was trained.
 
     The file's own `deploy.preprocessing.Preprocessing` (stored by the exporters) prepares
-    the scan with the training cache's functions; `inferers.predict_logits` runs the ONNX
-    Runtime session over it (slices cut along the training axis for a 2D model); the
-    argmax goes back to the scan's grid.
+    the scan with the training cache's functions; `inferers.predict_logits` runs the
+    model over it (slices cut along the training axis for a 2D model) in the runtime that
+    `load_deployment` opens; the argmax goes back to the scan's grid.
 
     Args:
         model_path: ``.onnx`` from `medseg_helpers.deploy.export.export_onnx` with
@@ -41,20 +45,22 @@ class VolumeSegmenter:
         patch_size: training patch; larger inputs use sliding-window inference. ``(H, W)``
             for a 2D model (windows over each slice), ``(D, H, W)`` for 3D; ``None`` runs
             whole slices/volumes.
-        slice_batch: at most this many slices per ONNX Runtime call for a 2D model.
-        window_batch: at most this many sliding windows per ONNX Runtime call.
-        num_threads: ONNX Runtime intra-op threads per call.
-        voxels_per_call: a bound on the voxels (pixels for 2D) one ONNX Runtime call sees,
+        slice_batch: at most this many slices per runtime call for a 2D model.
+        window_batch: at most this many sliding windows per runtime call.
+        num_threads: the runtime's threads per call.
+        voxels_per_call: a bound on the voxels (pixels for 2D) one runtime call sees,
             which bounds the network's activation memory: fewer slices per call for large
             slices; without ``patch_size``, a slice or volume larger than this goes by
             sliding window with square (cubic) windows of the largest multiple of 16 that
             fits.
 
     Attributes:
+        runner: the model in its runtime (`runtime.ExportedSegmenter`).
         in_channels: the model's input channels (None if the graph leaves it dynamic).
 
     Raises:
         MissingPreprocessingError: the file carries no preprocessing metadata.
+        DeploymentError: a recorded deployment fails its parity check.
         ValueError: output channels differ from ``num_classes``, ``patch_size`` has the
             wrong length, or a 2D model's preprocessing names no slicing axis.
     """
@@ -63,13 +69,13 @@ class VolumeSegmenter:
                  patch_size: Sequence[int] | None = None, slice_batch: int = 16,
                  window_batch: int = 4, num_threads: int | None = None,
                  voxels_per_call: int = 2**18) -> None:
-        self.onnx = OnnxSegmenter(model_path, num_threads=num_threads)
-        self.preprocessing = preprocessing_from_metadata(self.onnx.metadata, model_path)
-        input_shape = self.onnx.session.get_inputs()[0].shape
+        self.runner = load_deployment(model_path, num_threads=num_threads)
+        self.preprocessing = preprocessing_from_metadata(self.runner.metadata, model_path)
+        input_shape = self.runner.input_shape
         rank = len(input_shape)
         self.in_channels = input_shape[1] if isinstance(input_shape[1], int) else None
-        self.spatial_dims = int(self.onnx.metadata.get("medseg.spatial_dims", rank - 2))
-        out_channels = self.onnx.session.get_outputs()[0].shape[1]
+        self.spatial_dims = int(self.runner.metadata.get("medseg.spatial_dims", rank - 2))
+        out_channels = self.runner.output_shape[1]
         if isinstance(out_channels, int) and out_channels != num_classes:
             raise ValueError(f"model has {out_channels} output channels; num_classes={num_classes}")
         if patch_size is not None and len(patch_size) != self.spatial_dims:
@@ -93,17 +99,17 @@ class VolumeSegmenter:
         return (max(16, side),) * len(spatial_shape)
 
     def _windows_per_call(self, window: Sequence[int]) -> int:
-        """Sliding windows per ONNX Runtime call: ``window_batch``, fewer if they would
+        """Sliding windows per runtime call: ``window_batch``, fewer if they would
         exceed ``voxels_per_call`` (at least one)."""
         return max(1, min(self.window_batch, self.voxels_per_call // math.prod(window)))
 
     def _slice_model(self, slice_shape: Sequence[int]) -> Model:
-        """The 2D model the slice inferer runs: ONNX Runtime, windowed over large slices."""
+        """The 2D model the slice inferer runs: the runner, windowed over large slices."""
         window = self._window(slice_shape)
         if window is None:
-            return self.onnx
+            return self.runner
         windows = SlidingWindowInferer(window, self._windows_per_call(window))
-        return lambda chunk: windows(self.onnx, chunk)
+        return lambda chunk: windows(self.runner, chunk)
 
     def segment(self, image: Volume) -> Volume:
         """Labels ``(Z, Y, X)`` uint8 in ``[0, num_classes)`` on the grid of ``image``.
@@ -124,7 +130,7 @@ class VolumeSegmenter:
         else:
             window = self._window(volume.shape[1:])
             per_call = 1 if window is None else self._windows_per_call(window)
-            labels = predict_logits(self.onnx, volume, 3, roi_size=window, batch_size=per_call,
+            labels = predict_logits(self.runner, volume, 3, roi_size=window, batch_size=per_call,
                                     device="cpu").argmax(0).to(torch.uint8)
         pred = prepared.with_array(labels.numpy())
         return self.preprocessing.to_source_grid(pred, image)

@@ -20,7 +20,8 @@ Endpoints of the app built by `create_app`:
   ``?format=json`` the reply is JSON ``{"summary": ..., "mask_nii_gz_base64": ...}``.
   The summary holds ``shape_xyz``, ``voxel_volume_ml`` and ``volumes_ml`` / ``voxels`` per
   class (keys are class indices as strings).
-* ``GET /health`` - ``{"status": "ok", ...}``.
+* ``GET /health`` - ``{"status": "ok", "runtime": "openvino bf16", "parity": {...}, ...}``:
+  the runtime the model runs in (`deployment.load_deployment`) and its load-time parity.
 * ``GET /metrics`` - Prometheus text format: requests by path and status, a latency
   histogram of ``/v1/segment``, and the mean and standard deviation of each input's raw
   intensities (summaries with ``_sum``/``_count`` plus the last value) for drift monitoring.
@@ -139,6 +140,11 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
         raise ValueError(f"{Path(model_path).name} takes {segmenter.in_channels} input "
                          "channels; the service segments single-channel volumes (one scan "
                          "per request)")
+    runner = segmenter.runner
+    logger.info("serving %s with %s %s%s", Path(model_path).name, runner.runtime,
+                runner.precision, "" if runner.parity is None else
+                f" (parity at load: max |logit difference| {runner.parity['max_abs_diff']:.2g}, "
+                f"agreement {runner.parity['agreement']:.4f})")
     metrics = ServiceMetrics()
     slots = threading.BoundedSemaphore(max_concurrency)
     app = FastAPI(title="medseg segmentation service", version="1")
@@ -280,8 +286,10 @@ def create_app(model_path: PathLike, *, num_classes: int, max_upload_bytes: int 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        runner = segmenter.runner
         return {"status": "ok", "model": Path(model_path).name, "num_classes": num_classes,
                 "spatial_dims": segmenter.spatial_dims,
+                "runtime": f"{runner.runtime} {runner.precision}", "parity": runner.parity,
                 "class_names": list(class_names) if class_names else None}
 
     @app.get("/metrics")
