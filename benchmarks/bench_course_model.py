@@ -13,6 +13,8 @@ another size), with the same seed, through `train_from_config`:
   ``full`` a U-Net of width 8 on 64x64 crops, half of them centred on a lesion pixel and
   a quarter on the organ (`SliceCropDataset`), light augmentation (flip, small affine,
   intensity), 16 epochs of 128 steps, cosine schedule with warm-up;
+- ``course-bf16``: the same under bfloat16 autocast (``cpu_bf16=True``; on a CPU without
+  AVX-512 BF16 or AMX it is ignored and both rows are the same computation);
 - ``previous``: the recipe it replaced (`PREVIOUS`): width 16 on whole 96x96 slices, 10 %
   empty slices, no augmentation, batch 16, lr 3e-3, 9 epochs (on 48 training patients
   about as many steps as the former 30 epochs on 14).
@@ -55,7 +57,8 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
     from medseg_helpers.training.job import train_from_config
     from medseg_helpers.transforms.labels import remove_small_components
 
-    overrides: dict[str, Any] = dict(PREVIOUS) if recipe == "previous" else {}
+    overrides: dict[str, Any] = (dict(PREVIOUS) if recipe == "previous" else
+                                 {"cpu_bf16": True} if recipe == "course-bf16" else {})
     if quick:
         overrides.update(max_epochs=1, samples_per_epoch=32)
     config = course_model_config(profile, seed=seed, progress=False, tensorboard=False,
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--recipes", nargs="+", default=["course", "previous"],
-                        choices=["course", "previous"])
+                        choices=["course", "course-bf16", "previous"])
     parser.add_argument("--cases", type=int, default=None,
                         help="synthetic patients (default: the profile's course dataset)")
     parser.add_argument("--quick", action="store_true", help="one tiny epoch: a smoke run")
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env = describe_environment()
     print(f"# bench_course_model: profile {args.profile}, torch {env['torch']}, "
-          f"{os.cpu_count()} cores, {env['cpu threads']} threads, device {env['device']}")
+          f"{os.cpu_count()} cores, {env['cpu threads']} threads, device {env['device']}, "
+          f"CPU {env['cpu']}")
     data_dir = (ensure_course_dataset(args.profile) if args.cases is None  # before any clock
                 else ensure_synthetic_dataset(
                     args.profile, num_cases=args.cases,

@@ -88,6 +88,13 @@ def cpu_description() -> dict[str, Any]:
     return {"model": model, "features": [f for f in CPU_FEATURES if f in flags]}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX): there
+    ``torch.autocast("cpu", torch.bfloat16)`` speeds up convolutions; elsewhere it is
+    emulated and slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_description()["features"]))
+
+
 def describe_environment() -> dict[str, str]:
     """Versions of Python and the course's main libraries, and the chosen device.
 

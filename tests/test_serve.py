@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import re
 import socket
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +229,48 @@ def test_metrics_text_is_prometheus_format():
     assert 'medseg_segment_latency_seconds_bucket{le="0.1"} 0' in text
     assert 'medseg_segment_latency_seconds_bucket{le="1.0"} 1' in text
     assert 'medseg_requests_total{path="other",status="404"} 1' in text
+
+
+def test_metrics_report_the_process_resources_under_prometheus_names():
+    from medseg_helpers.deploy.service_metrics import process_metrics
+
+    samples = dict(line.split(" ") for line in ServiceMetrics().render().splitlines()
+                   if line.startswith("process_"))
+    assert set(samples) == {"process_resident_memory_bytes", "process_resident_memory_max_bytes",
+                            "process_cpu_seconds_total", "process_threads"}
+    now = process_metrics()
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    if status:  # Linux: VmRSS in kB is the same resident size
+        vm_rss = int(next(line for line in status.splitlines()
+                          if line.startswith("VmRSS:")).split()[1]) * 1024
+        assert abs(now["process_resident_memory_bytes"] - vm_rss) < 64 * 2**20
+    assert 0 < now["process_resident_memory_bytes"] <= now["process_resident_memory_max_bytes"]
+    assert now["process_cpu_seconds_total"] > 0 and now["process_threads"] >= 1
+
+
+@pytest.mark.parametrize("q, expected", [
+    (0.5, 0.1 + (0.25 - 0.1) * (5 - 4) / 4),  # rank 5 of 10 in (0.1, 0.25]: 1 of its 4
+    (0.95, 0.5 + (1.0 - 0.5) * (9.5 - 9) / 1),  # rank 9.5 in (0.5, 1.0]
+    (0.2, 0.05 + (0.1 - 0.05) * (2 - 1) / 3),  # rank 2 in (0.05, 0.1], which holds 3
+    (0.05, 0.05 * 0.5 / 1),  # rank 0.5 in the first bucket, which starts at 0
+])
+def test_histogram_quantile_interpolates_inside_the_bucket_as_promql(q, expected):
+    from medseg_helpers.deploy.service_metrics import histogram_quantile
+
+    # 10 answers: 1 <= 0.05 s, 3 more <= 0.1, 4 more <= 0.25, 1 more <= 0.5, 1 more <= 1.0
+    bounds, cumulative = (0.05, 0.1, 0.25, 0.5, 1.0), (1, 4, 8, 9, 10, 10)
+    assert histogram_quantile(q, bounds, cumulative) == pytest.approx(expected)
+
+
+def test_histogram_quantile_edge_cases():
+    from medseg_helpers.deploy.service_metrics import histogram_quantile
+
+    assert math.isnan(histogram_quantile(0.5, (0.1, 1.0), (0, 0, 0)))
+    assert histogram_quantile(0.99, (0.1, 1.0), (1, 1, 10)) == 1.0  # in +Inf: the last bound
+    with pytest.raises(ValueError, match="q must be in"):
+        histogram_quantile(1.5, (0.1,), (1, 1))
+    with pytest.raises(ValueError, match="one count per bound"):
+        histogram_quantile(0.5, (0.1, 1.0), (1, 1))
 
 
 @pytest.mark.parametrize("spatial_dims, patch", [(2, (16, 16)), (3, (16, 16, 16)), (3, None)])

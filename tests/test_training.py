@@ -41,6 +41,7 @@ from medseg_helpers.training.schedules import (
     step_factor,
 )
 from medseg_helpers.training.trainer import Trainer, TrainingDivergedError
+from medseg_helpers.training.validation import amp_autocast
 
 HELPERS = Path(__file__).with_name("_training_helpers.py")
 
@@ -65,7 +66,42 @@ def test_learns_bright_discs_to_dice_above_0_9() -> None:
     metrics = trainer.fit()
     assert metrics["best_val_dice"] > 0.9, trainer.history
     assert metrics["status"] == "completed" and metrics["global_step"] == 6 * 6
-    assert not trainer.use_amp and not trainer.scaler.is_enabled()  # never AMP on CPU
+    assert not trainer.use_amp and not trainer.scaler.is_enabled()  # no AMP on CPU by default
+
+
+def test_cpu_mixed_precision_is_bf16_autocast_and_only_where_native(monkeypatch) -> None:
+    from medseg_helpers import device as device_module
+    from medseg_helpers.training import validation
+
+    conv, x = torch.nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8)
+    with amp_autocast(True, "cpu"):
+        assert conv(x).dtype == torch.bfloat16
+    with amp_autocast(False, "cpu"):
+        assert conv(x).dtype == torch.float32
+    assert amp_autocast(True, "cuda").fast_dtype == torch.float16
+    for features, native in (([], False), (["avx2", "avx512f"], False),
+                             (["avx512_bf16"], True), (["amx_bf16"], True)):
+        monkeypatch.setattr(device_module, "cpu_description",
+                            lambda f=features: {"model": "test", "features": f})
+        assert validation.amp_available(torch.device("cpu")) is native
+    assert validation.amp_available(torch.device("cuda"))
+    assert not validation.amp_available(torch.device("mps"))
+
+
+def test_a_bf16_step_keeps_float32_weights_and_a_float32_loss(monkeypatch) -> None:
+    from medseg_helpers.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "amp_available", lambda device: True)
+    assert not _trainer(max_epochs=1).use_amp  # opt-in: cpu_bf16=True
+    seen = []
+    trainer = _trainer(loss=lambda logits, label: (seen.append(logits.dtype),
+                                                   ce_loss(logits, label))[1], max_epochs=1,
+                       cpu_bf16=True)
+    assert trainer.use_amp and not trainer.scaler.is_enabled()
+    metrics = trainer.fit()
+    assert metrics["status"] == "completed" and math.isfinite(trainer.history[-1]["train_loss"])
+    assert set(seen) == {torch.float32}  # logits cast back before the loss
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
 def test_3d_validation_uses_sliding_window_when_volumes_exceed_the_roi(

@@ -125,9 +125,6 @@ class OnnxSegmenter(ExportedSegmenter):
         num_threads: intra-op threads (``None``: ONNX Runtime's default, all cores).
         size_multiple: default from the file's ``medseg.size_multiple`` metadata, else 1.
         pad_mode: ``"reflect"`` (as the course U-Net pads) or ``"constant"`` (zeros).
-        spin: let idle worker threads spin (busy-wait) between operators, ONNX Runtime's
-            default: lowest latency for one stream of calls, but spinning threads take CPU
-            from anything else that runs at the same time (other requests, other runtimes).
         default_options: use ``SessionOptions()`` untouched (all cores, spinning, two
             thread pools), the baseline the benchmarks compare tuned settings against.
     """
@@ -136,7 +133,7 @@ class OnnxSegmenter(ExportedSegmenter):
 
     def __init__(self, path: PathLike, *, num_threads: int | None = None,
                  size_multiple: int | None = None, pad_mode: str = "reflect",
-                 spin: bool = True, default_options: bool = False) -> None:
+                 default_options: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -145,8 +142,6 @@ class OnnxSegmenter(ExportedSegmenter):
             if num_threads is not None:
                 options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning",
-                                             "1" if spin else "0")
         self.session = ort.InferenceSession(str(path), sess_options=options,
                                             providers=["CPUExecutionProvider"])
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -1,19 +1,83 @@
 """Counters of the segmentation service, rendered for Prometheus (``GET /metrics``).
 
 Requests by path and status (every answer, 4xx and 5xx included), a latency histogram of
-``/v1/segment`` (seconds) and, for
-drift monitoring, the mean and standard deviation of each input's raw intensities.
+``/v1/segment`` (seconds), for drift monitoring the mean and standard deviation of each
+input's raw intensities, and the process's resources under Prometheus's standard names
+(`process_metrics`: resident and peak memory, CPU seconds, threads). `histogram_quantile`
+reads a latency percentile back from the histogram, as Prometheus's function of that
+name does.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import resource
+import sys
 import threading
 from collections.abc import Sequence
 
 #: Upper bounds (s) of the ``/v1/segment`` latency histogram buckets.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _KNOWN_PATHS = ("/v1/segment", "/health", "/metrics")  # any other path counts as "other"
+
+
+def process_metrics() -> dict[str, float]:
+    """This process's resources now: ``process_resident_memory_bytes`` (RSS),
+    ``process_resident_memory_max_bytes`` (peak RSS since start),
+    ``process_cpu_seconds_total`` (user + system, all threads) and ``process_threads``.
+
+    RSS and threads come from ``/proc/self`` (Linux); elsewhere RSS is the peak and threads
+    is the Python threads' count.
+    """
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_bytes = float(peak if sys.platform == "darwin" else peak * 1024)
+    times = os.times()
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            rss = float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+        threads = float(len(os.listdir("/proc/self/task")))
+    except OSError:
+        rss, threads = peak_bytes, float(threading.active_count())
+    return {"process_resident_memory_bytes": rss,
+            "process_resident_memory_max_bytes": max(peak_bytes, rss),  # read just before
+            "process_cpu_seconds_total": times.user + times.system,
+            "process_threads": threads}
+
+
+def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]
+                       ) -> float:
+    """The ``q`` quantile of a Prometheus histogram, interpolated linearly inside the bucket
+    that holds it (as PromQL's ``histogram_quantile``; the first bucket starts at 0).
+
+    Args:
+        q: in ``[0, 1]``, e.g. 0.95.
+        bounds: finite upper bounds ``le`` of the buckets, increasing.
+        cumulative: observations ``<= bound`` for each bound, then the total count (the
+            ``+Inf`` bucket): ``len(bounds) + 1`` numbers.
+
+    Returns:
+        The estimate; NaN without observations; the largest finite bound when the
+        quantile falls in the ``+Inf`` bucket (nothing is known above it).
+
+    Raises:
+        ValueError: ``q`` outside ``[0, 1]`` or lengths that do not match.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    if len(cumulative) != len(bounds) + 1:
+        raise ValueError("cumulative needs one count per bound plus the +Inf count")
+    total = cumulative[-1]
+    if total == 0:
+        return math.nan
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=False):
+        if count >= rank:
+            in_bucket = count - below
+            return lower + (bound - lower) * ((rank - below) / in_bucket if in_bucket else 1.0)
+        lower, below = bound, count
+    return float(bounds[-1])
 
 
 class ServiceMetrics:
@@ -74,4 +138,7 @@ class ServiceMetrics:
                           f"# TYPE {metric} summary", f"{metric}_sum {total}",
                           f"{metric}_count {count}",
                           f"# TYPE {metric}_last gauge", f"{metric}_last {last}"]
+        for metric, value in process_metrics().items():
+            kind = "counter" if metric.endswith("_total") else "gauge"
+            lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
         return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ _EXPORTS = {
     "TrainingDivergedError": "trainer",
     "all_reduce_sum": "distributed",
     "amp_autocast": "validation",
+    "amp_available": "validation",
     "barrier": "distributed",
     "build_data": "job",
     "build_loss": "job",

@@ -17,15 +17,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medseg_helpers.device import cpu_has_native_bf16
 from medseg_helpers.metrics.overlap import DiceAccumulator
 from medseg_helpers.training import distributed
 
 
-def amp_autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on CUDA in float16 when ``enabled``, else a context that does nothing."""
-    if enabled:
+def amp_available(device: torch.device) -> bool:
+    """Whether mixed precision pays on ``device``: CUDA (float16), or a CPU with native
+    bfloat16 (`device.cpu_has_native_bf16`: AVX-512 BF16 or AMX)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+def amp_autocast(enabled: bool, device: torch.device | str = "cuda"
+                 ) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass when ``enabled``: ``torch.autocast`` in float16
+    on CUDA, in bfloat16 on a CPU (only enable it where `amp_available`); else a context
+    that does nothing. Compute losses outside it, on ``logits.float()``."""
+    if not enabled:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    if device_type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -48,7 +61,7 @@ def validate_model(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]
         class_names: the ``num_classes - 1`` foreground names, for the ``dice_<name>`` keys.
         device: where batches go.
         inferer: ``inferer(model, image) -> logits (B, num_classes, *S)``; None: ``model``.
-        amp: float16 autocast on CUDA (`amp_autocast`).
+        amp: mixed precision on ``device`` (`amp_autocast`).
         progress: show a tqdm bar.
 
     Returns:
@@ -66,7 +79,7 @@ def validate_model(model: nn.Module, loader: Iterable[Mapping[str, torch.Tensor]
         image = batch["image"].to(device, non_blocking=True)
         label = batch["label"].to(device, non_blocking=True)
         try:
-            with amp_autocast(amp):
+            with amp_autocast(amp, device):
                 logits = predict(model, image)
         except torch.cuda.OutOfMemoryError as error:
             raise torch.cuda.OutOfMemoryError(
