@@ -239,11 +239,12 @@ def test_metrics_report_the_process_resources_under_prometheus_names():
     assert set(samples) == {"process_resident_memory_bytes", "process_resident_memory_max_bytes",
                             "process_cpu_seconds_total", "process_threads"}
     now = process_metrics()
-    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
-    if status:  # Linux: VmRSS in kB is the same resident size
-        vm_rss = int(next(line for line in status.splitlines()
-                          if line.startswith("VmRSS:")).split()[1]) * 1024
-        assert abs(now["process_resident_memory_bytes"] - vm_rss) < 64 * 2**20
+    status = Path("/proc/self/status")
+    if status.exists():  # Linux: VmRSS and VmHWM in kB, this process image's own
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+        assert abs(now["process_resident_memory_bytes"]
+                   - int(fields["VmRSS"].split()[0]) * 1024) < 64 * 2**20
+        assert now["process_threads"] == int(fields["Threads"])
     assert 0 < now["process_resident_memory_bytes"] <= now["process_resident_memory_max_bytes"]
     assert now["process_cpu_seconds_total"] > 0 and now["process_threads"] >= 1
 

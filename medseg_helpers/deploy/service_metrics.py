@@ -24,25 +24,28 @@ _KNOWN_PATHS = ("/v1/segment", "/health", "/metrics")  # any other path counts a
 
 def process_metrics() -> dict[str, float]:
     """This process's resources now: ``process_resident_memory_bytes`` (RSS),
-    ``process_resident_memory_max_bytes`` (peak RSS since start),
-    ``process_cpu_seconds_total`` (user + system, all threads) and ``process_threads``.
+    ``process_resident_memory_max_bytes`` (peak RSS), ``process_cpu_seconds_total``
+    (user + system, all threads) and ``process_threads``.
 
-    RSS and threads come from ``/proc/self`` (Linux); elsewhere RSS is the peak and threads
-    is the Python threads' count.
+    On Linux from ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ``Threads``): ``getrusage``'s
+    peak would be wrong for a server started from a big parent, because Linux keeps
+    ``ru_maxrss`` across ``fork`` and ``exec``. Elsewhere RSS and peak are ``ru_maxrss``
+    and threads the Python threads.
     """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak_bytes = float(peak if sys.platform == "darwin" else peak * 1024)
     times = os.times()
+    cpu = times.user + times.system
     try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            rss = float(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
-        threads = float(len(os.listdir("/proc/self/task")))
-    except OSError:
-        rss, threads = peak_bytes, float(threading.active_count())
-    return {"process_resident_memory_bytes": rss,
-            "process_resident_memory_max_bytes": max(peak_bytes, rss),  # read just before
-            "process_cpu_seconds_total": times.user + times.system,
-            "process_threads": threads}
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        rss = float(fields["VmRSS"].split()[0]) * 1024
+        peak = float(fields["VmHWM"].split()[0]) * 1024
+        threads = float(fields["Threads"].split()[0])
+    except (OSError, KeyError, ValueError):
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
+        rss = peak = float(maxrss if sys.platform == "darwin" else maxrss * 1024)
+        threads = float(threading.active_count())
+    return {"process_resident_memory_bytes": rss, "process_resident_memory_max_bytes": peak,
+            "process_cpu_seconds_total": cpu, "process_threads": threads}
 
 
 def histogram_quantile(q: float, bounds: Sequence[float], cumulative: Sequence[float]
