@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _image_helpers import smooth_images
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -177,24 +178,11 @@ def test_predict_logits_rejects_unbatched_input(unet2d_onnx):
         OnnxSegmenter(unet2d_onnx[1]).predict_logits(np.zeros((32, 32), np.float32))
 
 
-def _smooth_images(count: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
-    """Blurred discs on a gradient, z-scored: ``(1, size, size)`` float32 each."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    images = []
-    for _ in range(count):
-        cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.25)]
-        disc = 1.0 / (1.0 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 200))
-        image = disc + 0.5 * xx + 0.05 * rng.normal(size=(size, size))
-        images.append(((image - image.mean()) / image.std())[None].astype(np.float32))
-    return images
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_int8_agrees_with_float_on_most_pixels(unet2d_onnx, tmp_path):
     _, path = unet2d_onnx
-    int8_path = quantize_onnx_int8(path, tmp_path / "int8.onnx", _smooth_images(16, seed=1))
-    test = np.stack(_smooth_images(8, seed=2))
+    int8_path = quantize_onnx_int8(path, tmp_path / "int8.onnx", smooth_images(16, seed=1))
+    test = np.stack(smooth_images(8, seed=2))
     fp32 = OnnxSegmenter(path).predict_logits(test).argmax(1)
     int8_segmenter = OnnxSegmenter(int8_path)
     int8 = int8_segmenter.predict_logits(test).argmax(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _image_helpers import smooth_images
 from torch import nn
 
 pytest.importorskip("onnxruntime")
@@ -48,21 +49,8 @@ def _unet(seed: int = 0) -> UNet:
     model = UNet(2, 1, 3, base_channels=8, depth=2)
     model.train()
     with torch.no_grad():  # batch-norm statistics of smooth images, not of the init
-        model(torch.from_numpy(np.stack(_images(16, seed=seed + 10))))
+        model(torch.from_numpy(np.stack(smooth_images(16, seed=seed + 10))))
     return model.eval()
-
-
-def _images(count: int, size: int = 32, seed: int = 0) -> list[np.ndarray]:
-    """Blurred discs on a gradient, z-scored: ``(1, size, size)`` float32 each."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    images = []
-    for _ in range(count):
-        cy, cx, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.25)]
-        disc = 1.0 / (1.0 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 200))
-        image = disc + 0.5 * xx + 0.05 * rng.normal(size=(size, size))
-        images.append(((image - image.mean()) / image.std())[None].astype(np.float32))
-    return images
 
 
 # ----------------------------------------------------------- the upsampling rewrite
@@ -98,7 +86,7 @@ def test_rewritten_unet_computes_the_same_logits_and_leaves_the_original_alone()
     assert count == 2  # one per decoder level
     assert all(isinstance(up.up, nn.ConvTranspose2d) for up in model.ups)
     assert all(isinstance(up.up, PixelShuffleUp) for up in rewritten.ups)
-    x = torch.from_numpy(np.stack(_images(4)))
+    x = torch.from_numpy(np.stack(smooth_images(4)))
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), model(x), atol=1e-5, rtol=1e-5)
 
@@ -114,8 +102,8 @@ def files(tmp_path_factory):
     """fp32 ONNX of a U-Net, its int8 as before (s8, transposed convs) and as shipped."""
     folder = tmp_path_factory.mktemp("fast")
     model = _unet()
-    example = torch.from_numpy(np.stack(_images(2)))
-    calibration = _images(16, seed=1)
+    example = torch.from_numpy(np.stack(smooth_images(2)))
+    calibration = smooth_images(16, seed=1)
     fp32 = export_onnx(model, example, folder / "fp32.onnx")
     rewritten, _ = pixel_shuffle_upsampling(model)
     fp32_shuffle = export_onnx(rewritten, example, folder / "fp32_shuffle.onnx")
@@ -147,7 +135,7 @@ def test_shipped_int8_leaves_no_convolution_in_float(files):
 
 
 def test_shipped_int8_agrees_with_float(files):
-    test = np.stack(_images(8, seed=2))
+    test = np.stack(smooth_images(8, seed=2))
     fp32 = OnnxSegmenter(files["fp32"]).predict_logits(test).argmax(1)
     int8 = OnnxSegmenter(files["int8"]).predict_logits(test).argmax(1)
     assert (fp32 == int8).mean() >= 0.97
@@ -155,12 +143,13 @@ def test_shipped_int8_agrees_with_float(files):
 
 def test_unknown_activation_type_is_rejected(files, tmp_path):
     with pytest.raises(ValueError, match="activation_type must be 'uint8' or 'int8'"):
-        quantize_onnx_int8(files["fp32"], tmp_path / "x.onnx", _images(1), activation_type="fp8")
+        quantize_onnx_int8(files["fp32"], tmp_path / "x.onnx", smooth_images(1),
+                           activation_type="fp8")
 
 
 # ----------------------------------------------------------- profiles
 def test_onnxruntime_profile_covers_every_operator_of_the_optimised_graph(files):
-    table = onnxruntime_profile(files["fp32"], np.stack(_images(4)), runs=3, num_threads=1)
+    table = onnxruntime_profile(files["fp32"], np.stack(smooth_images(4)), runs=3, num_threads=1)
     counts = optimized_operators(files["fp32"])
     assert dict(table["nodes"]) == {op: n for op, n in counts.items()}
     assert table["share"].sum() == pytest.approx(1.0)
@@ -169,7 +158,7 @@ def test_onnxruntime_profile_covers_every_operator_of_the_optimised_graph(files)
 
 
 def test_torch_profile_counts_calls_per_run(files):
-    table = torch_profile(files["model"], torch.from_numpy(np.stack(_images(2))), runs=3)
+    table = torch_profile(files["model"], torch.from_numpy(np.stack(smooth_images(2))), runs=3)
     convs = sum(isinstance(m, nn.Conv2d) for m in files["model"].modules())
     assert table.loc["aten::convolution", "nodes"] == convs + 2  # + 2 transposed convs
     assert table["share"].sum() == pytest.approx(1.0)
@@ -178,7 +167,7 @@ def test_torch_profile_counts_calls_per_run(files):
 # ----------------------------------------------------------- OpenVINO
 @needs_openvino
 def test_openvino_fp32_matches_onnxruntime(files):
-    test = np.stack(_images(3, seed=3))
+    test = np.stack(smooth_images(3, seed=3))
     reference = OnnxSegmenter(files["fp32"]).predict_logits(test)
     openvino = OpenVinoSegmenter(files["fp32"], num_threads=1)
     np.testing.assert_allclose(openvino.predict_logits(test), reference, atol=1e-4)
@@ -188,7 +177,7 @@ def test_openvino_fp32_matches_onnxruntime(files):
 
 @needs_openvino
 def test_openvino_pads_sizes_that_are_not_multiples(files):
-    image = np.stack(_images(2, size=30, seed=4))  # size multiple 4
+    image = np.stack(smooth_images(2, size=30, seed=4))  # size multiple 4
     logits = OpenVinoSegmenter(files["fp32"]).predict_logits(image)
     assert logits.shape == (2, 3, 30, 30)
     np.testing.assert_allclose(logits, OnnxSegmenter(files["fp32"]).predict_logits(image),
@@ -198,7 +187,7 @@ def test_openvino_pads_sizes_that_are_not_multiples(files):
 @needs_openvino
 @pytest.mark.parametrize("key, precision", [("fp32", "bf16"), ("int8", "fp32")])
 def test_openvino_bf16_and_int8_keep_the_classes(files, key, precision):
-    test = np.stack(_images(8, seed=2))
+    test = np.stack(smooth_images(8, seed=2))
     reference = OnnxSegmenter(files["fp32"]).predict_logits(test).argmax(1)
     fast = load_onnx(files[key], runtime="openvino", precision=precision)
     assert (fast.runtime, fast.precision) == ("openvino", precision)
@@ -210,7 +199,7 @@ def test_one_openvino_model_serves_several_threads(files):
     from concurrent.futures import ThreadPoolExecutor
 
     segmenter = OpenVinoSegmenter(files["fp32"])
-    inputs = [np.stack(_images(2, seed=s)) for s in range(6)]
+    inputs = [np.stack(smooth_images(2, seed=s)) for s in range(6)]
     expected = [segmenter.predict_logits(x) for x in inputs]
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(segmenter.predict_logits, inputs))

@@ -17,11 +17,7 @@ besides model, optimiser, scheduler and scaler, and each epoch's data is seeded 
 epoch ``k`` and resumed from ``last.pt`` replays epochs ``k+1...`` exactly: on CPU,
 bit-identical weights (tested). Validation is `medseg_helpers.training.validation`.
 
-Mixed precision: ``amp`` is float16 autocast + ``GradScaler`` on CUDA; ``cpu_bf16`` is
-bfloat16 autocast on a CPU with native bf16 (AVX-512 BF16 or AMX: about 1.7x faster steps
-for the course U-Net, 1.4x faster training; off by default because it cost test Dice, see
-`TrainConfig`), ignored on other CPUs, where bf16 would be emulated. Losses are computed
-in float32.
+Mixed precision: ``amp`` (float16 on CUDA), ``cpu_bf16`` (see `TrainConfig`); float32 losses.
 The run directory holds ``config.yaml``, ``history.csv``, ``checkpoints/{last,best}.pt``,
 ``tensorboard/`` and, at the end, ``metrics.json``. Under ``torchrun`` (see
 `medseg_helpers.training.distributed`) only rank 0 writes them.
@@ -96,9 +92,7 @@ class Trainer:
             never), checked after each validation.
         min_delta: improvement needed to count as better.
         grad_clip_norm: clip the global gradient norm to this (None: no clipping).
-        amp: float16 mixed precision on CUDA (ignored elsewhere).
-        cpu_bf16: bfloat16 autocast on a CPU with native bf16 (`validation.amp_available`);
-            ignored elsewhere.
+        amp: float16 mixed precision on CUDA. cpu_bf16: bfloat16 on a CPU with native bf16.
         sw_roi_size: validate with MONAI's sliding-window inference over windows of this
             spatial size when an image is larger than it (3D volumes); None: whole image.
         sw_batch_size: windows per forward pass.
@@ -152,8 +146,8 @@ class Trainer:
         self.patience, self.min_delta, self.grad_clip_norm = patience, min_delta, grad_clip_norm
         wanted = amp if self.device.type == "cuda" else cpu_bf16
         self.use_amp = wanted and amp_available(self.device)
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.use_amp and self.device.type == "cuda")  # bf16: no scaling
+        self.scaler = torch.amp.GradScaler(  # float16 on CUDA only: bf16 needs no scaling
+            "cuda", enabled=self.use_amp and self.device.type == "cuda")
         if val_inferer is None and sw_roi_size:
             val_inferer = SlidingWindowInferer(sw_roi_size, sw_batch_size, sw_overlap)
         self.val_inferer = val_inferer
