@@ -36,6 +36,7 @@ import torch
 
 from medseg_helpers.data.splits import PatientSplit, split_patients
 from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.training.pseudo_labels import PseudoLabels
 from medseg_helpers.transforms.label_noise import LabelNoise
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ __all__ = ["Experiment", "RunResult", "derive_dataset", "score_cases"]
 
 
 def derive_dataset(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   patient_ids: Sequence[str], noise: LabelNoise | None = None,
+                   patient_ids: Sequence[str], noise: LabelNoise | PseudoLabels | None = None,
                    noisy_ids: Sequence[str] | None = None) -> Path:
     """Write a Decathlon folder listing some patients of ``source_dir``, labels optionally
     corrupted.
@@ -57,7 +58,8 @@ def derive_dataset(source_dir: str | os.PathLike, out_dir: str | os.PathLike,
         source_dir: a Decathlon folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``).
         out_dir: the folder to (re)create.
         patient_ids: the cases to list, in this order.
-        noise: applied to the labels of ``noisy_ids`` (`LabelNoise.apply`); None: clean.
+        noise: applied to the labels of ``noisy_ids`` (`LabelNoise.apply`; or
+            `training.pseudo_labels.PseudoLabels`, which replaces them); None: clean.
         noisy_ids: the cases to corrupt; None: all of ``patient_ids``.
 
     Returns:
@@ -194,7 +196,8 @@ class Experiment:
         self.results: dict[str, RunResult] = {}
 
     def run(self, name: str, *, train_ids: Sequence[str] | None = None,
-            noise: LabelNoise | None = None, noisy_ids: Sequence[str] | None = None,
+            noise: LabelNoise | PseudoLabels | None = None,
+            noisy_ids: Sequence[str] | None = None,
             init_weights: Mapping[str, torch.Tensor] | None = None,
             **overrides: Any) -> RunResult:
         """Train one variant and score it on the reference test patients (clean labels).
