@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -64,6 +65,7 @@ CPU_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "am
                 "amx_int8")
 
 
+@functools.cache
 def cpu_description() -> dict[str, Any]:
     """The CPU's model name and which of `CPU_FEATURES` it has (Linux; elsewhere the
     features list is empty and the name is ``platform.processor()``).

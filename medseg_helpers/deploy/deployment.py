@@ -25,7 +25,6 @@ loading on another CPU logs a warning).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -107,11 +106,9 @@ def _probe_path(model_path: PathLike) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from data_download.downloader import compute_checksums
+
+    return compute_checksums(path, ("sha256",))["sha256"]
 
 
 def _probe_input(trained: TrainedModel, max_slices: int = 2) -> torch.Tensor:

@@ -245,7 +245,7 @@ def load_exported(path: PathLike, num_threads: int | None = None
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        return OnnxSegmenter(path, num_threads=num_threads)
+        return load_onnx(path, num_threads=num_threads)
     if path.suffix == ".pt2":
         module = torch.export.load(str(path)).module()
     elif path.suffix in (".pt", ".ts"):

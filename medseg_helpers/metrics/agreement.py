@@ -26,6 +26,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,11 +48,6 @@ def _stack(labels: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     return stacked
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def pairwise_dice(labels: Sequence[np.ndarray], num_classes: int,
                   names: Sequence[str] | None = None) -> pd.DataFrame:
     """Dice between every pair of annotators for each foreground class.
@@ -62,14 +58,15 @@ def pairwise_dice(labels: Sequence[np.ndarray], num_classes: int,
     """
     import pandas as pd
 
-    stacked = _stack(labels, num_classes)
+    from medseg_helpers.metrics.overlap import compute_dice
+
+    stacked = torch.from_numpy(_stack(labels, num_classes))
     names = list(names) if names is not None else [str(i) for i in range(len(stacked))]
     rows = []
     for i, j in combinations(range(len(stacked)), 2):
-        row = {"a": names[i], "b": names[j]}
-        row.update({f"dice_{k}": _dice(stacked[i] == k, stacked[j] == k)
-                    for k in range(1, num_classes)})
-        rows.append(row)
+        dice = compute_dice(stacked[i][None], stacked[j][None], num_classes)[0]
+        rows.append({"a": names[i], "b": names[j],
+                     **{f"dice_{k}": float(d) for k, d in enumerate(dice, start=1)}})
     return pd.DataFrame(rows)
 
 
