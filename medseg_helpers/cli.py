@@ -264,6 +264,29 @@ def _course_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _course_prose(args: argparse.Namespace) -> int:
+    """Linked prose numbers against a run (or the reference run); ``--update-reference``
+    makes the run the new reference."""
+    from medseg_helpers.course import prose
+    from medseg_helpers.course.runner import list_notebooks
+    from medseg_helpers.device import cpu_description
+
+    notebooks = list_notebooks(args.notebook_dir)
+    if args.update_reference:
+        if not args.run_dir:
+            raise ValueError("--update-reference needs the RUN_DIR of a full course run")
+        print(f"reference: {prose.write_reference(args.run_dir, cpu_description())}")
+    metrics = (prose.run_metrics(args.run_dir) if args.run_dir
+               else prose.reference_metrics())
+    linked = sum(len(prose.linked_numbers(nb)) for nb in notebooks)
+    problems = prose.prose_disagreements(notebooks, metrics)
+    for problem in problems:
+        print(problem)
+    print(f"{linked} linked numbers in {len(notebooks)} notebooks, {len(problems)} disagree "
+          f"with {'the run in ' + args.run_dir if args.run_dir else 'the reference run'}")
+    return 1 if problems else 0
+
+
 def _course_strip(args: argparse.Namespace) -> int:
     from medseg_helpers.course.hygiene import strip_notebook
     from medseg_helpers.course.runner import list_notebooks
@@ -515,6 +538,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub = course.add_parser(name, help=text)
         sub.add_argument("--notebook-dir", default=None)
         sub.set_defaults(func=func)
+    prose_check = course.add_parser(
+        "prose", help="check the numbers the prose links to metrics against a run")
+    prose_check.add_argument("run_dir", nargs="?", default=None,
+                             help="a course run (default: the reference run the prose quotes)")
+    prose_check.add_argument("--update-reference", action="store_true",
+                             help="make RUN_DIR's metrics the reference (notebooks/"
+                             "reference_run.json)")
+    prose_check.add_argument("--notebook-dir", default=None)
+    prose_check.set_defaults(func=_course_prose)
     bless = course.add_parser(
         "bless", help="run notebooks (smoke) and store the outputs of NBVAL_CHECK_OUTPUT cells"
     )

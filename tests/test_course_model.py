@@ -11,9 +11,11 @@ from _training_helpers import TinyNet
 from conftest import smoke_course_model
 
 from medseg_helpers.course.model import (
+    INIT_WEIGHTS_FILE,
     course_model_config,
     ensure_trained_model,
     load_trained_model,
+    weights_digest,
 )
 from medseg_helpers.inferers import predict_logits, predict_probabilities
 
@@ -61,6 +63,37 @@ def test_a_run_that_must_train_starts_from_init_weights(trained, tmp_path: Path)
                                  device="cpu", init_weights=model.model.state_dict())
     for a, b in zip(model.model.parameters(), tuned.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+def test_a_fine_tuned_run_is_reused_only_from_the_same_initial_weights(
+        trained, tmp_path: Path, monkeypatch) -> None:
+    import medseg_helpers.training.job as train_job
+
+    model, config = trained
+    recipe = config.updated(max_epochs=1, lr=1e-12, run_dir=str(tmp_path))
+    start = model.model.state_dict()
+    ensure_trained_model(recipe, device="cpu", init_weights=start)
+    assert (tmp_path / INIT_WEIGHTS_FILE).read_text().strip() == weights_digest(start)
+    calls = []
+    real = train_job.train_from_config
+    monkeypatch.setattr(train_job, "train_from_config",
+                        lambda c, **kw: calls.append(c) or real(c, **kw))
+    ensure_trained_model(recipe, device="cpu", init_weights={k: v.clone() for k, v in
+                                                             start.items()})
+    assert calls == []  # equal weights in other tensors: reused
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in start.items()}
+    ensure_trained_model(recipe, device="cpu", init_weights=other)
+    assert len(calls) == 1  # other starting weights: trained again
+    ensure_trained_model(recipe, device="cpu")
+    assert len(calls) == 2 and not (tmp_path / INIT_WEIGHTS_FILE).exists()  # from scratch
+
+
+def test_weights_digest_reads_names_shapes_and_values() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    assert weights_digest(a) == weights_digest({k: v.clone() for k, v in a.items()})
+    assert weights_digest(a) != weights_digest({"w": torch.tensor([1.0, 2.5]), "n": a["n"]})
+    assert weights_digest(a) != weights_digest({"v": a["w"], "n": a["n"]})
+    assert weights_digest(a) != weights_digest({"w": a["w"].reshape(2, 1), "n": a["n"]})
 
 
 def test_init_weights_that_match_nothing_are_refused(trained, tmp_path: Path) -> None:

@@ -89,6 +89,19 @@ def test_each_broken_convention_is_reported(tmp_path, break_it, message):
     assert any(message in p for p in problems), problems
 
 
+def test_cells_without_an_id_or_with_a_repeated_one_are_reported(tmp_path):
+    document = json.loads(nbformat.writes(_clean_notebook()))
+    del document["cells"][3]["id"]
+    document["cells"][5]["id"] = document["cells"][4]["id"]
+    path = tmp_path / "99_example.ipynb"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    problems = [str(p) for p in check_notebook(path)]
+    assert "99_example.ipynb cell 3: cell has no id (nbformat 4.5: give it a unique 'id')" \
+        in problems
+    assert any(p.startswith("99_example.ipynb cell 5: cell id") and "used twice" in p
+               for p in problems), problems
+
+
 def test_outputs_outside_checked_cells_are_reported_and_stripped(tmp_path):
     nb = _clean_notebook()
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="leak")]

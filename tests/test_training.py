@@ -352,6 +352,15 @@ def test_config_from_profile_with_overrides_round_trips_through_yaml(tmp_path: P
     assert monai.model_kwargs["channels"] == [8, 16, 32, 64]
 
 
+def test_full_profile_compares_in_bf16_but_trains_the_course_model_in_float32() -> None:
+    from medseg_helpers.course.model import course_model_config
+
+    assert TrainConfig.from_profile("full").cpu_bf16 is True  # the many short trainings
+    assert TrainConfig.from_profile("smoke").cpu_bf16 is False
+    assert course_model_config("full").cpu_bf16 is False  # bf16 cost it lesion Dice
+    assert course_model_config("full", cpu_bf16=True).cpu_bf16 is True
+
+
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"learning_rate": 0.1}, r"'learning_rate' \(did you mean 'lr'"),
     ({"optimizer": "adagrad"}, "optimizer 'adagrad' not in"),

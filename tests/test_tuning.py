@@ -106,7 +106,20 @@ def test_unknown_sampler_and_pruner_raise():
 def test_default_space_names_are_all_applicable():
     space = tuning.default_search_space()
     sample = {name: p.grid_values()[0] for name, p in space.items()}
-    tuning.apply_params(tiny_config(), sample)  # no unknown names
+    config = tuning.apply_params(tiny_config(), sample)
+    assert config.batch_size == 8 and config.model_kwargs["depth"] == 2
+    assert config.lr == 3e-4 and config.augmentation is None  # "none"
+
+
+def test_study_key_changes_with_what_the_trials_learn_and_not_with_where_they_run():
+    base, space = tiny_config(), dict(LR_SPACE)
+    key = tuning.study_key(base, space)
+    assert len(key) == 8 and int(key, 16) >= 0
+    assert tuning.study_key(base.updated(run_dir="elsewhere", progress=True), space) == key
+    wider = base.updated(model_kwargs={**base.model_kwargs, "base_channels": 16})
+    assert tuning.study_key(wider, space) != key
+    assert tuning.study_key(base.updated(cpu_bf16=not base.cpu_bf16), space) != key
+    assert tuning.study_key(base, {**space, "depth": tuning.SearchParam("int", 2, 4)}) != key
 
 
 # ------------------------------------------------------------------- pruning

@@ -15,6 +15,7 @@ Conventions (DEVELOPERS.md, COURSE_DESIGN.md §5):
 * exercises in the shape of `course.exercises`: the ``%%solution`` magic loaded, a
   ``SOLUTIONS`` parameter, every hidden code cell a ``%%solution`` cell, and at least one
   exercise the learner codes and checks (a ``check_exercise(...)`` cell);
+* every cell has its own ``id`` (nbformat 4.5);
 * the ``python3`` kernel, and no saved widget state.
 """
 
@@ -234,6 +235,11 @@ def _check_structure(nb: dict) -> list[tuple[int | None, str]]:
             found.append((None, f"missing a '{heading}' heading"))
     if len(tagged) == 1 and not re.search(r"^SOLUTIONS\s*=", _source(cells[tagged[0]]), re.M):
         found.append((tagged[0], "parameters cell must define SOLUTIONS (course.exercises)"))
+    ids = [c.get("id") for c in cells]
+    found += [(i, "cell has no id (nbformat 4.5: give it a unique 'id')")
+              for i, cell_id in enumerate(ids) if not cell_id]
+    found += [(i, f"cell id {cell_id!r} is used twice") for i, cell_id in enumerate(ids)
+              if cell_id and ids.index(cell_id) != i]
     return found + _check_exercises(cells)
 
 

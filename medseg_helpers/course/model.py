@@ -16,6 +16,7 @@ spacing in mm)::
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -37,16 +38,16 @@ from medseg_helpers.course.profiles import (
 from medseg_helpers.data.splits import PatientSplit, load_splits
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.device import get_device
+from medseg_helpers.fileutil import write_text_atomic
 from medseg_helpers.inferers import predict_logits
 from medseg_helpers.training.checkpoint import load_checkpoint, load_model_weights
-from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.training.config import TrainConfig, learning_fields
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainedModel", "course_model_config", "ensure_trained_model", "load_trained_model"]
+__all__ = ["INIT_WEIGHTS_FILE", "TrainedModel", "course_model_config", "ensure_trained_model",
+           "load_trained_model", "weights_digest"]
 
-#: Fields that change how a run is shown or where it runs, not what it learns.
-_VOLATILE = ("progress", "tensorboard", "resume", "device", "num_workers", "run_dir", "data_dir")
 
 
 
@@ -175,11 +176,6 @@ class TrainedModel:
         return read_volume(self.cases[patient_id].label_path)
 
 
-def _comparable(config: TrainConfig | dict) -> dict[str, Any]:
-    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
-    return {k: v for k, v in values.items() if k not in _VOLATILE}
-
-
 def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
                        device: torch.device | str | None = None) -> TrainedModel:
     """Load the model a `train_from_config` run wrote to ``run_dir``.
@@ -239,28 +235,53 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
         retrain: train even when a matching finished run exists.
         device: where to put the loaded model.
         init_weights: a state dict to start from when it has to train (fine-tuning, see
-            `train_job.train_from_config`). It is not part of the recipe that decides
-            reuse, so give a fine-tuned run a ``run_dir`` of its own.
+            `train_job.train_from_config`). Its `weights_digest` is saved with the run
+            (`INIT_WEIGHTS_FILE`) and is part of what decides reuse: a run fine-tuned
+            from other weights (or trained from scratch) is trained again.
     """
     from medseg_helpers.training.job import default_run_dir, train_from_config
 
     config = config or course_model_config()
     run_dir = default_run_dir(config)
-    if not retrain and _finished_with(run_dir, config):
+    digest = weights_digest(init_weights) if init_weights is not None else None
+    if not retrain and _finished_with(run_dir, config, digest):
         logger.info("reusing the model trained in %s", run_dir)
     else:
         logger.info("training %s (no finished run with this recipe in %s)", config.model, run_dir)
+        (run_dir / INIT_WEIGHTS_FILE).unlink(missing_ok=True)
         train_from_config(config.updated(resume=False), init_weights=init_weights)
+        if digest is not None:
+            write_text_atomic(run_dir / INIT_WEIGHTS_FILE, digest + "\n")
     return load_trained_model(run_dir, device=device)
 
 
-def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether ``run_dir`` holds a completed run of the same recipe."""
+#: Beside a run fine-tuned from given weights: their `weights_digest`.
+INIT_WEIGHTS_FILE = "init_weights.sha256"
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (hex): equal for equal
+    weights, whatever device or object holds them."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{values.dtype}:{tuple(values.shape)};".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _finished_with(run_dir: Path, config: TrainConfig, init_digest: str | None) -> bool:
+    """Whether ``run_dir`` holds a completed run of the same recipe, started from the same
+    weights (``init_digest``; None: from scratch)."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         saved = TrainConfig.from_yaml(run_dir / "config.yaml")
+        init_file = run_dir / INIT_WEIGHTS_FILE
+        saved_digest = init_file.read_text(encoding="utf-8").strip() if init_file.exists() \
+            else None
     except (OSError, ValueError):
         return False
     return (metrics.get("status") in ("completed", "early_stopped")
             and (run_dir / "checkpoints" / "best.pt").is_file()
-            and _comparable(saved) == _comparable(config))
+            and learning_fields(saved) == learning_fields(config)
+            and saved_digest == init_digest)

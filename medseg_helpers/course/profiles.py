@@ -50,6 +50,10 @@ class Profile:
             (`data.crop_dataset.SliceCropDataset`); None: whole slices.
         samples_per_epoch: with ``crop_size``: crops per epoch, so an epoch costs the
             same however many patients the dataset has.
+        cpu_bf16: bfloat16 autocast (`TrainConfig.cpu_bf16`) for the many short trainings
+            that notebooks 01, 03, 04, 07, 09 and 10 compare, on a CPU with AVX-512 BF16 or
+            AMX (ignored on other CPUs and on CUDA). Their steps are about 1.8x faster;
+            the course model (notebook 05) stays float32 (`COURSE_MODEL_RECIPES`).
     """
 
     name: str
@@ -64,6 +68,7 @@ class Profile:
     download: bool
     crop_size: tuple[int, int] | None = None
     samples_per_epoch: int = 1024
+    cpu_bf16: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,10 +76,11 @@ class Profile:
 
 #: ``full``: 80 patients (48 train, 16 validation, 16 test: enough for a lesion to
 #: generalise and for a test score to mean something) and 64x64 crops, 2048 per epoch
-#: (128 steps of 16), so an epoch costs the same whatever the number of patients.
+#: (128 steps of 16), so an epoch costs the same whatever the number of patients; its
+#: comparison trainings in bfloat16 where the CPU has it (`Profile.cpu_bf16`).
 _PROFILES = {
     "full": Profile("full", "synthetic", 80, (32, 96, 96), 16, 16, 8, (32, 64, 64), 12, False,
-                    crop_size=(64, 64), samples_per_epoch=2048),
+                    crop_size=(64, 64), samples_per_epoch=2048, cpu_bf16=True),
     "smoke": Profile("smoke", "synthetic", 8, (16, 64, 64), 1, 8, 8, (16, 32, 32), 2, False),
     "decathlon": Profile("decathlon", "Task04_Hippocampus", 24, (32, 96, 96), 200, 32, 32,
                          (40, 56, 40), 40, True),
@@ -115,10 +121,14 @@ def profile_defaults(name: str | None = None) -> Profile:
 #: seeds 0, 1, 2, 2 idle cores of an AVX2 CPU): test mean foreground Dice
 #: 0.941 / 0.932 / 0.923, lesion 0.892 / 0.877 / 0.856, in 8-9.5 min; the former recipe
 #: (whole 96x96 slices, width 16, 9 epochs, no augmentation) 0.819 / lesion 0.670 in 11 min.
+#: It trains in float32 whatever `Profile.cpu_bf16` says: on an AMX CPU (seeds 0, 1, 2)
+#: bfloat16 took 89-97 s against 128-135 s but scored lower on every seed (test lesion
+#: 0.907 / 0.862 / 0.798 against 0.912 / 0.887 / 0.858).
 COURSE_MODEL_COMMON: dict[str, Any] = {"loss_kwargs": {"include_background": False, "batch": True},
                                        "model_kwargs": {"depth": 3}}
 COURSE_MODEL_RECIPES: dict[str, dict[str, Any]] = {
-    "full": {"lr": 5e-3, "warmup_epochs": 1, "augmentation": "light", "val_every": 2},
+    "full": {"lr": 5e-3, "warmup_epochs": 1, "augmentation": "light", "val_every": 2,
+             "cpu_bf16": False},
     "smoke": {},
     "decathlon": {"warmup_epochs": 5},
 }

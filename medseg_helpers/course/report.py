@@ -117,6 +117,11 @@ def _figures(out: Path, notebook: str) -> list[Path]:
 # ---------------------------------------------------------------------------- Markdown
 
 
+_PROSE_NOTE = ("Numbers the text quotes from the reference run that this run measured "
+               "differently (another CPU or a GPU changes them; on the reference machine "
+               "it means the text needs updating):")
+
+
 def render_markdown(results: Sequence[NotebookResult], payload: Mapping, out: Path) -> str:
     """The Markdown report (figures linked as ``figures/<name>.png``, relative to ``out``)."""
     verdict = "all thresholds met" if payload["passed"] else "**FAILED**"
@@ -143,6 +148,8 @@ def render_markdown(results: Sequence[NotebookResult], payload: Mapping, out: Pa
             lines += [f"| {n} | {v} | {rule} | {_word(ok)} |" for n, v, rule, ok in rows]
         else:
             lines.append("no metrics recorded")
+        if r.prose_differences:
+            lines += ["", _PROSE_NOTE, ""] + [f"- {d}" for d in r.prose_differences]
         lines += [f"\n![{p.stem}](figures/{p.name})" for p in _figures(out, r.notebook)]
         lines.append("")
     return "\n".join(lines)
@@ -185,6 +192,9 @@ def render_html(results: Sequence[NotebookResult], payload: Mapping, out: Path) 
             parts.append(f"<p><code>{e(r.error)}</code> (log: <code>logs/{e(r.notebook)}.log"
                          "</code>)</p>")
         parts.append(_html_metrics(r))
+        if r.prose_differences:
+            parts.append(f"<p>{e(_PROSE_NOTE)}</p><ul>"
+                         + "".join(f"<li>{e(d)}</li>" for d in r.prose_differences) + "</ul>")
         parts += [_html_figure(p, r.notebook) for p in _figures(out, r.notebook)]
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -4,7 +4,10 @@ Each notebook ends with ``record("05_training", {"val_dice": 0.93, ...})``, whic
 writes ``<run dir>/metrics/05_training.json``. `run_course` executes the notebooks
 with papermill (one subprocess each, so a per-notebook timeout really stops it),
 then checks the thresholds that the profile sets (`course.profiles.THRESHOLDS`) and writes
-``metrics.json``, ``report.md`` and a self-contained ``report.html`` (`report`).
+``metrics.json``, ``report.md`` and a self-contained ``report.html`` (`report`). Under the
+default profile, which the prose describes, the report also lists the numbers the prose
+links to a metric that this run measured differently (`course.prose`; expected on
+another machine, so they inform and do not fail the run).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg_helpers.course.profiles import (
+    DEFAULT_PROFILE,
     DEFAULT_TIMEOUT_S,
     PROFILE_ENV_VAR,
     THRESHOLDS,
     get_profile_name,
     profile_defaults,
 )
+from medseg_helpers.course.prose import disagreements, linked_numbers, run_metrics
 from medseg_helpers.course.report import write_report
 from medseg_helpers.fileutil import to_json_ready, write_text_atomic
 from medseg_helpers.paths import DATA_DIR_ENV_VAR, RUN_DIR_ENV_VAR, get_run_dir, repo_root
@@ -42,6 +47,7 @@ class NotebookResult:
     failed_thresholds: list[str] = field(default_factory=list)
     error: str = ""
     checks: list[dict] = field(default_factory=list)  # `threshold_checks`, as dicts
+    prose_differences: list[str] = field(default_factory=list)  # `prose.disagreements`
 
     @property
     def ok(self) -> bool:
@@ -202,7 +208,10 @@ def _run_notebook(
     checks = threshold_checks(profile, source.stem, metrics) if passed else []
     failed = check_thresholds(profile, source.stem, metrics) if passed else []
     error = "" if passed else _last_error(log or "", status, timeout_s)
-    return NotebookResult(source.stem, status, seconds, metrics, failed, error, checks)
+    differences = (disagreements(linked_numbers(source), run_metrics(out))
+                   if passed and profile == DEFAULT_PROFILE else [])
+    return NotebookResult(source.stem, status, seconds, metrics, failed, error, checks,
+                          differences)
 
 
 def _last_error(log: str, status: str, timeout_s: float) -> str:

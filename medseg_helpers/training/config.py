@@ -34,6 +34,9 @@ from medseg_helpers.training.schedules import OPTIMIZERS, SCHEDULERS
 __all__ = ["TrainConfig"]
 
 _TUPLE_FIELDS = ("patch_size", "sw_roi_size", "crop_size", "centre_ratios")
+#: Fields that change how a run is shown or where it runs, not what it learns.
+VOLATILE_FIELDS = ("progress", "tensorboard", "resume", "device", "num_workers", "run_dir",
+                   "data_dir")
 _COMMON_MISTAKES = {"learning_rate": "lr", "epochs": "max_epochs", "optimiser": "optimizer",
                     "out_channels": "num_classes", "clip": "grad_clip_norm"}
 
@@ -175,7 +178,7 @@ class TrainConfig:
         ``patch_size``, the model width (``base_channels`` of our U-Net, or the
         equivalent ``channels``/``features`` of MONAI's U-Nets) and, for 2D training,
         its crops (``crop_size``, ``samples_per_epoch``; ``crop_size=None`` trains on
-        whole slices).
+        whole slices) and ``cpu_bf16``.
 
         Raises:
             ValueError: an unknown profile or override name (closest field suggested).
@@ -188,7 +191,7 @@ class TrainConfig:
                 "max_epochs": defaults.max_epochs, "batch_size": defaults.batch_size,
                 "patch_size": defaults.patch_size_3d if spatial_dims == 3 else None,
                 "crop_size": defaults.crop_size if spatial_dims == 2 else None,
-                "samples_per_epoch": defaults.samples_per_epoch,
+                "samples_per_epoch": defaults.samples_per_epoch, "cpu_bf16": defaults.cpu_bf16,
                 "model_kwargs": _width_kwargs(model, spatial_dims, defaults.base_channels)}
         model_kwargs = {**base["model_kwargs"], **overrides.pop("model_kwargs", {})}
         return cls(**{**base, **overrides, "model_kwargs": model_kwargs})
@@ -227,6 +230,14 @@ class TrainConfig:
         """A copy with ``changes`` applied (validated like the constructor)."""
         _check_keys(changes)
         return replace(self, **changes)
+
+
+def learning_fields(config: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``config`` (or of its saved ``to_dict``) that define what a run
+    learns: all but `VOLATILE_FIELDS`. Two runs whose learning fields are equal on the
+    same data train the same model, so a cached run may stand in for the other."""
+    values = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return {k: v for k, v in values.items() if k not in VOLATILE_FIELDS}
 
 
 @functools.cache

@@ -33,6 +33,7 @@ _EXPORTS = {
     "run_study": "search",
     "score_cases": "experiments",
     "study_dataframe": "search",
+    "study_key": "space",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

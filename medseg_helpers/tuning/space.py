@@ -7,14 +7,16 @@ names in `MODEL_PARAMS` go into the model's arguments, the rest are config field
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 import optuna
 
-from medseg_helpers.training.config import TrainConfig
+from medseg_helpers.training.config import TrainConfig, learning_fields
 
 #: Search-space names that go into ``TrainConfig.model_kwargs`` (our U-Net's arguments).
 MODEL_PARAMS = ("dropout", "depth", "base_channels")
@@ -69,8 +71,9 @@ def default_search_space() -> dict[str, SearchParam]:
     """The course's search space for the 2D U-Net (pick a subset for a small budget).
 
     ``lr`` 1e-4 to 3e-2 and ``weight_decay`` 1e-6 to 1e-1 on log scales; ``dropout``
-    0 to 0.5; ``loss``; ``depth`` 2 to 4 and ``base_channels`` (width); ``augmentation``
-    strength (``"none"`` is no augmentation).
+    0 to 0.5; ``loss``; ``depth`` 2 to 4 and ``base_channels`` (width); ``batch_size``
+    (crops per step; with ``samples_per_epoch`` fixed, a larger batch makes fewer steps
+    per epoch); ``augmentation`` strength (``"none"`` is no augmentation).
     """
     return {
         "lr": SearchParam("float", 1e-4, 3e-2, log=True, grid=(3e-4, 3e-3, 3e-2)),
@@ -79,6 +82,7 @@ def default_search_space() -> dict[str, SearchParam]:
         "loss": SearchParam("categorical", choices=("dice_ce", "dice", "focal")),
         "depth": SearchParam("int", 2, 4, grid=(2, 3)),
         "base_channels": SearchParam("categorical", choices=(8, 16, 32)),
+        "batch_size": SearchParam("categorical", choices=(8, 16, 32)),
         "augmentation": SearchParam("categorical", choices=("none", "light", "medium", "heavy")),
     }
 
@@ -109,3 +113,14 @@ def apply_params(config: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
 def grid_size(space: Mapping[str, SearchParam]) -> int:
     """Number of grid points (product of the parameters' grid lengths)."""
     return int(np.prod([len(p.grid_values()) for p in space.values()]))
+
+
+def study_key(base_config: TrainConfig, space: Mapping[str, SearchParam]) -> str:
+    """8 hex digits that change with anything that defines a study's trials: the base
+    config's `learning_fields` and the search space. Put it in the study's name, so that a
+    changed width, epoch count or space starts a new study instead of resuming an old one
+    whose trials measured something else."""
+    text = json.dumps({"config": learning_fields(base_config),
+                       "space": {name: asdict(p) for name, p in sorted(space.items())}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
