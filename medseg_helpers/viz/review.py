@@ -171,7 +171,7 @@ def plot_roc_pr(curves: Mapping[str, Mapping[str, Any]],
     """
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for colour, (name, c) in zip(_colours(list(curves), colors), curves.items(), strict=True):
-        roc.plot(c["fpr"], c["tpr"], color=colour, label=f"{name} (AUC {c['roc_auc']:.3f})")
+        roc.plot(c["fpr"], c["tpr"], color=colour, label=f"{name} (AUC {c['roc_auc']:.5g})")
         pr.plot(c["recall"], c["precision"], color=colour, drawstyle="steps-post",
                 label=f"{name} (AP {c['average_precision']:.3f})")
         pr.axhline(c["prevalence"], color=colour, linestyle=":", linewidth=1)
@@ -199,7 +199,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]],
     for colour, (name, c) in zip(_colours(list(curves), colors), curves.items(), strict=True):
         filled = ~np.isnan(c["frequency"])
         ax.plot(c["confidence"][filled], c["frequency"][filled], "o-", color=colour,
-                label=f"{name} (ECE {c['ece']:.3f})")
+                label=f"{name} (ECE {c['ece']:.2g})")
         centres = (c["edges"][:-1] + c["edges"][1:]) / 2
         hist.bar(centres, c["weight"], width=np.diff(c["edges"]), color=colour, alpha=0.5)
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title="reliability diagram")
