@@ -331,6 +331,9 @@ def test_run_directory_holds_csv_tensorboard_config_and_metrics(tmp_path: Path) 
         metrics["best_val_dice"])
     figure = plot_history(tmp_path)
     assert len(figure.axes) == 3
+    assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == [
+        "mean foreground", "disc"]  # readable names, not the history's columns
+    assert all(float(tick).is_integer() for tick in figure.axes[0].get_xticks())  # epochs
 
 
 def test_epoch_seed_depends_on_seed_epoch_and_rank() -> None:

@@ -145,17 +145,20 @@ def plot_history(history: Any, title: str | None = None) -> Any:
     if not isinstance(history, pd.DataFrame):
         path = Path(history)
         history = pd.read_csv(path / "history.csv" if path.is_dir() else path)
+    from matplotlib.ticker import MaxNLocator
+
     fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6),
                                                   constrained_layout=True)
-    for column in ("train_loss", "val_loss"):
+    for column, label in (("train_loss", "training"), ("val_loss", "validation")):
         if column in history and history[column].notna().any():
             data = history[["epoch", column]].dropna()
-            ax_loss.plot(data["epoch"], data[column], marker=".", label=column)
+            ax_loss.plot(data["epoch"], data[column], marker=".", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     for column in ["val_dice", *[c for c in history.columns if c.startswith("dice_")]]:
         if column in history and history[column].notna().any():
             data = history[["epoch", column]].dropna()
-            ax_dice.plot(data["epoch"], data[column], marker=".", label=column,
+            label = "mean foreground" if column == "val_dice" else column.removeprefix("dice_")
+            ax_dice.plot(data["epoch"], data[column], marker=".", label=label,
                          linewidth=2.5 if column == "val_dice" else 1.0)
     ax_dice.set(xlabel="epoch", ylabel="Dice", title="Validation Dice", ylim=(0, 1))
     if "lr" in history:
@@ -163,6 +166,8 @@ def plot_history(history: Any, title: str | None = None) -> Any:
         if (history["lr"] > 0).all():
             ax_lr.set_yscale("log")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="Learning rate")
+    for ax in (ax_loss, ax_dice, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     for ax in (ax_loss, ax_dice):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

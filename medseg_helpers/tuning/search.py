@@ -304,9 +304,10 @@ def param_importances(study: optuna.Study) -> pd.Series:
 
 
 def plot_optimisation_history(study: optuna.Study, ax: Any = None, label: str | None = None,
-                              color: Any = None) -> Any:
+                              color: Any = None, linestyle: str = "-") -> Any:
     """Each completed trial's Dice (dots; pruned trials as crosses at their last report)
-    and the best so far (line), against the trial number. Returns the matplotlib Axes."""
+    and the best so far (line in ``linestyle``: give studies that may share trials
+    different ones), against the trial number. Returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -319,7 +320,8 @@ def plot_optimisation_history(study: optuna.Study, ax: Any = None, label: str | 
         if t.state == TrialState.COMPLETE:
             best = max(best, t.value)
         curve.append(best if best > -math.inf else math.nan)
-    line = ax.step([t.number for t in trials], curve, where="post", label=label, color=color)
+    line = ax.step([t.number for t in trials], curve, where="post", label=label, color=color,
+                   linestyle=linestyle)
     color = line[0].get_color()
     ax.plot([t.number for t in done], [t.value for t in done], "o", color=color, alpha=0.6)
     ax.plot([t.number for t in pruned],

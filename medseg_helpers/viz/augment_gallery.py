@@ -135,10 +135,12 @@ def plot_augmentation_gallery(
             out_image, out_mask = _as_2d(out["image"], "image"), _as_2d(out["mask"], "mask")
             new = sorted(set(np.unique(out_mask).tolist()) - known)
             show_slice(ax, out_image, np.rint(out_mask).astype(np.int64), vmin=vmin, vmax=vmax)
-            if new:
-                ax.set_title(f"new mask values {new[:3]}", fontsize=8, color="red")
-            elif number == 0:
+            if number == 0:
                 ax.set_title(f"draw {k}", fontsize=10)
+            if new:  # inside the panel it flags: a title would sit between two rows
+                ax.text(0.5, 0.03, f"new mask values {new[:3]}", transform=ax.transAxes,
+                        ha="center", va="bottom", fontsize=8, color="red",
+                        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
     return fig
 
 

@@ -60,9 +60,12 @@ def worst_slice(truth: Volume | np.ndarray, pred: Volume | np.ndarray, class_ind
 
 
 def error_legend(ax: plt.Axes, **kwargs: Any) -> None:
-    """A legend for `viz.show_errors` (TP, FP, FN patches)."""
+    """A legend for `viz.show_errors` (TP, FP, FN patches), each swatch as its colour
+    looks over mid-grey tissue (the faint true-positive white shows as light grey)."""
     names = ("true positive", "false positive", "false negative")
-    handles = [Patch(facecolor=ERROR_COLORS[i][:3], edgecolor="0.4", label=n)
+    rgb, alpha = ERROR_COLORS[:, :3], ERROR_COLORS[:, 3:]
+    seen = alpha * rgb + (1 - alpha) * 0.5
+    handles = [Patch(facecolor=seen[i], edgecolor="0.4", label=n)
                for i, n in enumerate(names, 1)]
     options = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), "ncols": 3,
                "fontsize": 7, "frameon": False, "handlelength": 1.0, "columnspacing": 0.8}
