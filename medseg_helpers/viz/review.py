@@ -61,10 +61,10 @@ def worst_slice(truth: Volume | np.ndarray, pred: Volume | np.ndarray, class_ind
 
 def error_legend(ax: plt.Axes, **kwargs: Any) -> None:
     """A legend for `viz.show_errors` (TP, FP, FN patches), each swatch as its colour
-    looks over mid-grey tissue (the faint true-positive white shows as light grey)."""
+    looks over dark tissue (grey 0.3: the faint true-positive white shows as grey)."""
     names = ("true positive", "false positive", "false negative")
     rgb, alpha = ERROR_COLORS[:, :3], ERROR_COLORS[:, 3:]
-    seen = alpha * rgb + (1 - alpha) * 0.5
+    seen = alpha * rgb + (1 - alpha) * 0.3
     handles = [Patch(facecolor=seen[i], edgecolor="0.4", label=n)
                for i, n in enumerate(names, 1)]
     options = {"loc": "upper center", "bbox_to_anchor": (0.5, 0.0), "ncols": 3,
