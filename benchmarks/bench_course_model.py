@@ -50,8 +50,11 @@ MIN_LESION_VOXELS = 10
 
 
 def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_root: Path,
-                   quick: bool) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Train one recipe with one seed; return its summary row and validation curve."""
+                   quick: bool, max_epochs: int | None = None
+                   ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Train one recipe with one seed; return its summary row and validation curve.
+    ``max_epochs`` shortens a course recipe (its schedule still anneals to 0); the row's
+    recipe is then called ``<recipe>-e<max_epochs>``."""
     from medseg_helpers.course.model import course_model_config, load_trained_model
     from medseg_helpers.metrics.evaluation import evaluate_cases
     from medseg_helpers.training.job import train_from_config
@@ -59,6 +62,9 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
 
     overrides: dict[str, Any] = (dict(PREVIOUS) if recipe == "previous" else
                                  {"cpu_bf16": True} if recipe == "course-bf16" else {})
+    if max_epochs and recipe != "previous":
+        overrides["max_epochs"] = max_epochs
+        recipe = f"{recipe}-e{max_epochs}"
     if quick:
         overrides.update(max_epochs=1, samples_per_epoch=32)
     config = course_model_config(profile, seed=seed, progress=False, tensorboard=False,
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["course", "course-bf16", "previous"])
     parser.add_argument("--cases", type=int, default=None,
                         help="synthetic patients (default: the profile's course dataset)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="shorten the course recipes to this many epochs (cosine to 0)")
     parser.add_argument("--quick", action="store_true", help="one tiny epoch: a smoke run")
     parser.add_argument("--plot", type=Path, help="save the time-to-Dice curves as PNG")
     args = parser.parse_args(argv)
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:  # recipes interleaved within each seed
             for recipe in args.recipes:
                 row, curve = train_and_test(recipe, seed, args.profile, data_dir, Path(tmp),
-                                            args.quick)
+                                            args.quick, args.max_epochs)
                 print(row, flush=True)
                 rows.append(row)
                 curves.append(curve)
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         fig, ax = plt.subplots(figsize=(6, 4))
         for (recipe, seed), part in curve.groupby(["recipe", "seed"]):
             ax.plot(part["seconds"], part["val_dice"], marker=".",
-                    color="C0" if recipe == "course" else "C1", alpha=0.4 + 0.2 * seed,
+                    color="C0" if recipe.startswith("course") else "C1", alpha=0.4 + 0.2 * seed,
                     label=f"{recipe}, seed {seed}")
         ax.set(xlabel="training wall seconds (validation included)",
                ylabel="validation mean foreground Dice", ylim=(0, 1))
