@@ -25,7 +25,7 @@ Rows (all read image and label slices in one shuffled order):
 - ``raw memmap read``: ``np.array(images[i]), np.array(labels[i])`` on the cache files, the
   ceiling (``x memmap``).
 
-Targets (MEASURED.md / issue 4): later epochs >= 1000x naive and >= 0.5x raw memmap;
+Targets (issue 4): later epochs >= 1000x naive and >= 0.5x raw memmap;
 issue floor >= 10x naive.
 """
 

@@ -127,3 +127,11 @@ def test_every_linked_number_in_the_course_agrees_with_the_reference_run():
     measuring = [nb.stem for nb in notebooks if set(reference.get(nb.stem, {})) - {"profile"}]
     assert [stem for stem in measuring if linked[stem] == 0] == [], \
         "every notebook that records results links the numbers its prose quotes"
+
+
+def test_a_link_stays_an_invisible_comment_in_the_rendered_book():
+    from medseg_helpers.course.book import markdown_to_html
+
+    html = markdown_to_html("a Dice of 0.949<!-- metric: test_mean_dice --> on 16 patients")
+    assert "0.949<!-- metric: test_mean_dice --> on 16" in html  # a comment, not escaped text
+    assert "&lt;!--" not in html

@@ -103,16 +103,16 @@ def quantize_onnx_int8(model_path: PathLike, out_path: PathLike,
     Weights become int8 per output channel; activation ranges are the min/max observed on
     ``calibration_images``, so those must be **real, normalised images** preprocessed
     exactly as at inference (a few dozen slices are enough). Calibrating on random noise
-    gives ranges that fit noise, not anatomy: in MEASURED.md it dropped Dice from 0.67 to
-    0.39.
+    gives ranges that fit noise, not anatomy: on an early, weaker course model it dropped
+    Dice from 0.67 to 0.39 (notebook 08 measures it on the current one).
 
     Why not dynamic quantisation: it quantises weights ahead of time but activations on the
     fly, and ONNX Runtime/PyTorch apply it to MatMul/Linear (and LSTM) layers, where weight
     loading dominates. A conv net spends its time in convolutions over large activation
     maps, which dynamic quantisation leaves in float, so the gain is small. Static int8 only
     pays when whole conv → ReLU chains stay in int8: instance norm and PReLU between convs
-    force dequantise/quantise pairs (MEASURED: ~1.15× only); batch norm folded into the conv
-    plus ReLU is the int8-friendly design.
+    force dequantise/quantise pairs (measured early on: about 1.15× only); batch norm
+    folded into the conv plus ReLU is the int8-friendly design.
 
     Activations are unsigned 8-bit by default and weights signed (``u8s8``): the x86
     integer dot-product instructions (AVX-512 VNNI, AVX-VNNI, and AVX2 emulating them)

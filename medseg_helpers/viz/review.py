@@ -215,8 +215,8 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Any]],
 def view_3d(image: Volume, label: Volume | None = None) -> Any:
     """An interactive 3D view with itkwidgets if that optional extra is installed.
 
-    itkwidgets does not fit in the course environment (it downgrades ipywidgets and
-    pydantic, see ``MEASURED.md``); install it in its own environment to use this.
+    itkwidgets does not fit in the course environment (installing it downgrades ipywidgets
+    and pydantic); install it in its own environment to use this.
 
     Returns:
         the itkwidgets viewer, or an ``ipywidgets.HTML`` message saying how to get one.
