@@ -48,8 +48,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["INIT_WEIGHTS_FILE", "TrainedModel", "course_model_config", "ensure_trained_model",
            "load_trained_model", "weights_digest"]
 
-
-
+#: Beside a run fine-tuned from given weights: their `weights_digest`.
+INIT_WEIGHTS_FILE = "init_weights.sha256"
 
 
 def course_model_config(profile: str | None = None, *,
@@ -253,10 +253,6 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
         if digest is not None:
             write_text_atomic(run_dir / INIT_WEIGHTS_FILE, digest + "\n")
     return load_trained_model(run_dir, device=device)
-
-
-#: Beside a run fine-tuned from given weights: their `weights_digest`.
-INIT_WEIGHTS_FILE = "init_weights.sha256"
 
 
 def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:

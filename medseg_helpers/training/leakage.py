@@ -34,8 +34,8 @@ __all__ = ["slice_split_leakage"]
 def slice_split_leakage(cache: SliceCache, patient_ids: Sequence[str], class_names: Sequence[str],
                         *, unseen_fraction: float = 0.25, val_fraction: float = 0.2,
                         steps: int = 150, batch_size: int = 16, base_channels: int = 8,
-                        lr: float = 5e-3, seed: int = 0, device: str | torch.device = "cpu",
-                        cpu_bf16: bool = False) -> dict[str, float]:
+                        lr: float = 5e-3, seed: int = 0, device: str | torch.device = "cpu"
+                        ) -> dict[str, float]:
     """Train on a slice-level split; score on its validation slices and on unseen patients.
 
     Args:
@@ -48,7 +48,6 @@ def slice_split_leakage(cache: SliceCache, patient_ids: Sequence[str], class_nam
         batch_size, base_channels, lr, seed: the small U-Net's training (depth 3, batch
             norm, Dice + cross-entropy without background, AdamW).
         device: where to train.
-        cpu_bf16: bfloat16 autocast on a CPU that has it (`TrainConfig.cpu_bf16`).
 
     Returns:
         ``{"seen_patients", "unseen_patients", "train_slices", "leaky_val_slices",
@@ -82,7 +81,7 @@ def slice_split_leakage(cache: SliceCache, patient_ids: Sequence[str], class_nam
     trainer = Trainer(model, loss, build_optimizer(model.parameters(), "adamw", lr=lr),
                       train_loader, None, num_classes=num_classes, device=device,
                       max_epochs=math.ceil(steps / max(1, len(train_loader))),
-                      cpu_bf16=cpu_bf16, progress=False, tensorboard=False)
+                      progress=False, tensorboard=False)
     trainer.fit()
     result: dict[str, float] = {"seen_patients": len(seen), "unseen_patients": len(unseen),
                                 "train_slices": len(train), "leaky_val_slices": len(leaky_val)}
