@@ -12,7 +12,7 @@ another size), with the same seed, through `train_from_config`:
 - ``course``: `course_model_config` of the profile, as notebook 05 trains it: under
   ``full`` a U-Net of width 8 on 64x64 crops, half of them centred on a lesion pixel and
   a quarter on the organ (`SliceCropDataset`), light augmentation (flip, small affine,
-  intensity), 16 epochs of 128 steps, cosine schedule with warm-up;
+  intensity), 10 epochs of 128 steps, cosine schedule with warm-up;
 - ``course-bf16``: the same under bfloat16 autocast (``cpu_bf16=True``; on a CPU without
   AVX-512 BF16 or AMX it is ignored and both rows are the same computation);
 - ``previous``: the recipe it replaced (`PREVIOUS`): width 16 on whole 96x96 slices, 10 %
@@ -22,9 +22,10 @@ another size), with the same seed, through `train_from_config`:
 Printed: per recipe and seed, the training seconds, the best and last validation Dice,
 and the test patients' mean foreground Dice and per-class Dice of the best checkpoint
 (`evaluate_cases` conventions: a false alarm on a case without the class scores 0, a
-class absent from both is skipped), raw and ``_clean`` (predicted lesion blobs under
-`MIN_LESION_VOXELS` removed: a few stray voxels on a lesion-free patient score its lesion
-Dice 0); then the time-to-Dice curve: validation mean Dice
+class absent from both is skipped), raw and ``_post`` (after the post-processing rule
+`choose_postprocessing` picks on the validation patients, as notebooks 06-10 use the
+model: a few stray voxels on a lesion-free patient score its lesion Dice 0); then the
+time-to-Dice curve: validation mean Dice
 against cumulative wall seconds (an epoch's seconds include its validation pass).
 ``--plot PATH`` saves the curves as PNG.
 """
@@ -44,9 +45,6 @@ import pandas as pd
 PREVIOUS: dict[str, Any] = {"crop_size": None, "empty_slice_fraction": 0.1, "augmentation": None,
                             "model_kwargs": {"base_channels": 16}, "max_epochs": 9, "lr": 3e-3,
                             "warmup_epochs": 1, "val_every": 1}
-#: Predicted lesion blobs smaller than this are dropped in the ``+small blobs removed``
-#: scores (the smallest real lesion of the synthetic data has about 36 voxels).
-MIN_LESION_VOXELS = 10
 
 
 def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_root: Path,
@@ -55,10 +53,13 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
     """Train one recipe with one seed; return its summary row and validation curve.
     ``max_epochs`` shortens a course recipe (its schedule still anneals to 0); the row's
     recipe is then called ``<recipe>-e<max_epochs>``."""
-    from medseg_helpers.course.model import course_model_config, load_trained_model
+    from medseg_helpers.course.model import (
+        choose_postprocessing,
+        course_model_config,
+        load_trained_model,
+    )
     from medseg_helpers.metrics.evaluation import evaluate_cases
     from medseg_helpers.training.job import train_from_config
-    from medseg_helpers.transforms.labels import remove_small_components
 
     overrides: dict[str, Any] = (dict(PREVIOUS) if recipe == "previous" else
                                  {"cpu_bf16": True} if recipe == "course-bf16" else {})
@@ -76,13 +77,15 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
                           "seconds": history["seconds"].cumsum(),
                           "val_dice": history["val_dice"]}).dropna()
     model = load_trained_model(metrics["run_dir"])
+    rule, _ = choose_postprocessing(model)
     row = {"recipe": recipe, "seed": seed, "train_s": round(metrics["seconds"], 1),
            "best_val_dice": round(metrics["best_val_dice"], 3),
            "last_val_dice": round(metrics["last_val_dice"], 3)}
-    lesion = len(model.class_names) - 1
-    for suffix, postprocess in (("", None), ("_clean", lambda label: remove_small_components(
-            label, MIN_LESION_VOXELS, classes=[lesion]))):
-        table = evaluate_cases(model, postprocess=postprocess)
+    row["postprocessing"] = rule.describe(model.class_names)
+    for suffix, postprocess in (("", False), ("_post", True)):
+        table = evaluate_cases(((p, model.predict(p, postprocess=postprocess),
+                                 model.read_label(p)) for p in model.split.test),
+                               model.class_names)
         per_class = table.groupby("class", sort=False)["dice"].mean()
         row.update({"test_cases": table["case"].nunique(),
                     f"test_mean{suffix}": round(float(per_class.mean()), 3),

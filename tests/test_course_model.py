@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ from conftest import smoke_course_model
 
 from medseg_helpers.course.model import (
     INIT_WEIGHTS_FILE,
+    POSTPROCESSING_FILE,
     course_model_config,
     ensure_trained_model,
     load_trained_model,
     weights_digest,
 )
 from medseg_helpers.inferers import predict_logits, predict_probabilities
+from medseg_helpers.transforms.postprocess import SmallComponentFilter
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,21 @@ def test_prediction_is_on_the_source_grid_of_the_case(trained) -> None:
     probs = model.predict(patient, probabilities=True).array
     assert probs.shape == (3, *truth.array.shape)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_the_run_keeps_the_post_processing_rule_chosen_on_validation(trained) -> None:
+    model, _ = trained
+    saved = (model.run_dir / POSTPROCESSING_FILE).read_text(encoding="utf-8")
+    assert SmallComponentFilter.from_json(saved) == model.postprocessing
+    assert load_trained_model(model.run_dir, device="cpu").postprocessing == model.postprocessing
+    patient = model.split.test[0]
+    raw = model.predict(patient, postprocess=False)
+    assert np.array_equal(model.predict(patient).array, model.postprocessing.apply(raw).array)
+    # a rule is applied to every label map predict returns: one that removes any organ
+    # component under 10^12 mm³ leaves no organ, and the raw argmax is still there
+    strict = dataclasses.replace(model, postprocessing=SmallComponentFilter({1: 1e12}))
+    assert not (strict.predict(patient).array == 1).any()
+    assert np.array_equal(strict.predict(patient, postprocess=False).array, raw.array)
 
 
 def test_a_finished_run_with_the_same_recipe_is_reused(trained, monkeypatch) -> None:
@@ -130,7 +148,7 @@ def test_predict_logits_rejects_a_batch() -> None:
 
 def test_recipe_is_the_profile_plus_the_course_choices_plus_overrides() -> None:
     full = course_model_config("full")
-    assert (full.max_epochs, full.batch_size, full.lr, full.warmup_epochs) == (16, 16, 5e-3, 1)
+    assert (full.max_epochs, full.batch_size, full.lr, full.warmup_epochs) == (10, 16, 5e-3, 1)
     assert (full.crop_size, full.centre_ratios, full.samples_per_epoch) == (
         (64, 64), (1.0, 1.0, 2.0), 2048)
     assert (full.augmentation, full.val_every) == ("light", 2)

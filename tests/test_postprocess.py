@@ -1,4 +1,5 @@
-"""keep_largest_component: hand-worked cases, connectivity, and MONAI's transform."""
+"""Post-processing: keep_largest_component (hand-worked cases, connectivity, MONAI's
+transform) and the small-component rule chosen on validation patients."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_helpers.transforms.postprocess import keep_largest_component, largest_component_mask
+from medseg_helpers.data.volume import Volume
+from medseg_helpers.transforms.postprocess import (
+    SmallComponentFilter,
+    choose_small_component_filter,
+    keep_largest_component,
+    largest_component_mask,
+    smallest_components_mm3,
+)
 
 
 def test_hand_worked_removes_the_small_island() -> None:
@@ -93,3 +101,64 @@ def test_matches_monai_keep_largest_connected_component(independent, connectivit
 def test_float_maps_are_rejected() -> None:
     with pytest.raises(TypeError, match="integer label map"):
         keep_largest_component(np.zeros((2, 2)))
+
+
+# ------------------------------------------------------------- small components, chosen on validation
+def _volume(array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> Volume:
+    return Volume(np.asarray(array, dtype=np.uint8), spacing_mm=spacing_mm)
+
+
+def _blobs(*placements: tuple[int, int, int]) -> np.ndarray:
+    """(1, 8, 12) label map with a lesion (2) run of ``length`` voxels at ``(y, x)`` per
+    placement ``(y, x, length)``, inside an organ (1) everywhere else on rows 0-5."""
+    label = np.zeros((1, 8, 12), np.uint8)
+    label[0, :6] = 1
+    for y, x, length in placements:
+        label[0, y, x:x + length] = 2
+    return label
+
+
+def test_filter_removes_components_under_a_volume_in_mm3_with_the_scans_spacing() -> None:
+    label = _blobs((0, 0, 2), (3, 0, 4))  # lesion runs of 2 and 4 voxels
+    rule = SmallComponentFilter({2: 3.0})
+    cleaned = rule.apply(_volume(label)).array  # 1 mm voxels: 2 mm³ < 3 mm³ goes
+    assert (cleaned == 2).sum() == 4 and cleaned[0, 0, 0] == 0
+    thick = rule.apply(_volume(label, (2.0, 1.0, 1.0))).array  # 2 mm voxels: 4 mm³ stays
+    assert (thick == 2).sum() == 6
+    assert (cleaned == 1).sum() == (label == 1).sum()  # the organ is not touched
+    assert np.array_equal(SmallComponentFilter().apply(_volume(label)).array, label)
+
+
+def test_filter_round_trips_through_json_and_describes_itself() -> None:
+    rule = SmallComponentFilter({2: 4.5})
+    assert SmallComponentFilter.from_json(rule.to_json()) == rule
+    assert rule.describe(["background", "organ", "lesion"]) == \
+        "lesion components under 4.5 mm³ removed"
+    assert SmallComponentFilter().describe(["background"]) == "none"
+    with pytest.raises(ValueError, match="malformed post-processing rule"):
+        SmallComponentFilter.from_json('{"min_volume": 3}')
+
+
+def test_smallest_components_are_measured_in_mm3_over_all_labels() -> None:
+    labels = [_volume(_blobs((0, 0, 3), (3, 0, 5))), _volume(_blobs((0, 0, 4)), (2, 1, 1))]
+    # lesions: 3 and 5 voxels of 1 mm³, then 4 voxels of 2 mm³ = 8 mm³; smallest 3 mm³
+    assert smallest_components_mm3(labels, classes=[2]) == {2: 3.0}
+    assert smallest_components_mm3(labels, classes=[3]) == {}  # never present: left out
+
+
+def test_choice_keeps_a_volume_only_if_it_raises_validation_dice() -> None:
+    # case a: an 8-voxel lesion found exactly, plus one stray lesion voxel elsewhere;
+    # case b: no lesion, one stray voxel. Raw lesion Dice: a 2*8/(9+8) = 0.941, b 0.
+    truth_a, pred_a = _blobs((0, 0, 8)), _blobs((0, 0, 8), (4, 10, 1))
+    truth_b, pred_b = _blobs(), _blobs((2, 3, 1))
+    cases = [("a", _volume(pred_a), _volume(truth_a)), ("b", _volume(pred_b), _volume(truth_b))]
+    # smallest training lesion 8 mm³: candidates 0, 1, 2 and 4 mm³; 1 mm³ removes nothing
+    # (a 1 mm³ voxel is not < 1), 2 and 4 mm³ remove the strays: a scores 1, b has no
+    # lesion left in prediction or truth (NaN, skipped): mean 1.0. Ties keep the smaller.
+    rule, table = choose_small_component_filter(cases, 3, {2: 8.0})
+    assert rule == SmallComponentFilter({2: 2.0})
+    np.testing.assert_allclose(table["mean_dice"], [2 * 8 / 17 / 2, 2 * 8 / 17 / 2, 1.0, 1.0])
+    assert table["chosen"].tolist() == [False, False, True, False]
+    # without the strays nothing improves, so nothing is removed
+    clean = [("a", _volume(truth_a), _volume(truth_a))]
+    assert choose_small_component_filter(clean, 3, {2: 8.0})[0] == SmallComponentFilter()

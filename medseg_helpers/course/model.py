@@ -5,7 +5,9 @@
 when a notebook runs standalone, trains it first. `TrainedModel` bundles the network with
 what evaluation needs: its config, class names, the saved patient split and a `predict`
 that returns a label map on the **source** image grid (so metrics use the scan's real
-spacing in mm)::
+spacing in mm), after the run's post-processing rule: predicted components too small to be
+real, chosen on the validation patients when the model was trained
+(`choose_postprocessing`, saved as `POSTPROCESSING_FILE`)::
 
     trained = ensure_trained_model(course_model_config("full"))
     for patient_id in trained.split.test:
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -42,14 +45,22 @@ from medseg_helpers.fileutil import write_text_atomic
 from medseg_helpers.inferers import predict_logits
 from medseg_helpers.training.checkpoint import load_checkpoint, load_model_weights
 from medseg_helpers.training.config import TrainConfig, learning_fields
+from medseg_helpers.transforms.postprocess import (
+    SmallComponentFilter,
+    choose_small_component_filter,
+    smallest_components_mm3,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INIT_WEIGHTS_FILE", "TrainedModel", "course_model_config", "ensure_trained_model",
-           "load_trained_model", "weights_digest"]
+__all__ = ["INIT_WEIGHTS_FILE", "POSTPROCESSING_FILE", "TrainedModel", "choose_postprocessing",
+           "course_model_config", "ensure_trained_model", "load_trained_model",
+           "weights_digest"]
 
 #: Beside a run fine-tuned from given weights: their `weights_digest`.
 INIT_WEIGHTS_FILE = "init_weights.sha256"
+#: Beside a trained run: its `SmallComponentFilter` (JSON), chosen on validation patients.
+POSTPROCESSING_FILE = "postprocessing.json"
 
 
 def course_model_config(profile: str | None = None, *,
@@ -96,6 +107,7 @@ class TrainedModel:
         class_names: all class names in label order, background first.
         metrics: the run's ``metrics.json`` (``best_val_dice``...).
         device: where ``model`` runs.
+        postprocessing: applied to every label map `predict` returns (empty: none).
     """
 
     model: nn.Module
@@ -106,6 +118,7 @@ class TrainedModel:
     class_names: list[str]
     metrics: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    postprocessing: SmallComponentFilter = field(default_factory=SmallComponentFilter)
 
     @property
     def num_classes(self) -> int:
@@ -151,8 +164,13 @@ class TrainedModel:
         slices = array if array.ndim == 3 else np.moveaxis(array, 0, 1)  # (D, K, H, W)
         return self.cache.merge_case(patient_id, slices)
 
-    def predict(self, patient_id: str, probabilities: bool = False) -> Volume:
+    def predict(self, patient_id: str, probabilities: bool = False,
+                postprocess: bool = True) -> Volume:
         """The model's segmentation of one case on the source grid.
+
+        Args:
+            probabilities: return softmax probabilities instead of labels.
+            postprocess: apply ``postprocessing`` to the labels (False: the raw argmax).
 
         Returns:
             a `Volume` with the source geometry: ``(Z, Y, X)`` uint8 labels, or with
@@ -161,7 +179,8 @@ class TrainedModel:
         logits = self.predict_logits(patient_id)
         if probabilities:
             return self.to_source_grid(patient_id, torch.softmax(logits, 0).numpy())
-        return self.to_source_grid(patient_id, logits.argmax(0).numpy().astype(np.uint8))
+        labels = self.to_source_grid(patient_id, logits.argmax(0).numpy().astype(np.uint8))
+        return self.postprocessing.apply(labels) if postprocess else labels
 
     def read_image(self, patient_id: str) -> Volume:
         """The source image, as stored (not normalised)."""
@@ -219,8 +238,36 @@ def load_trained_model(run_dir: str | os.PathLike, which: str = "best",
         split = patient_split(config, open_slice_cache(dataset_dir), len(class_names))
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    rule_file = run_dir / POSTPROCESSING_FILE
+    postprocessing = (SmallComponentFilter.from_json(rule_file.read_text(encoding="utf-8"))
+                      if rule_file.is_file() else SmallComponentFilter())
     return TrainedModel(model.to(device).eval(), config, run_dir, dataset_dir, split,
-                        class_names, metrics, device)
+                        class_names, metrics, device, postprocessing)
+
+
+def choose_postprocessing(trained: TrainedModel) -> tuple[SmallComponentFilter, pd.DataFrame]:
+    """Choose the model's post-processing on its validation patients and save it.
+
+    For each foreground class, candidate minimum component volumes are fractions of the
+    smallest component in the training patients' labels; one is kept only if it raises
+    that class's mean validation Dice (`choose_small_component_filter`). The rule is written
+    to ``run_dir / POSTPROCESSING_FILE`` and set on ``trained``.
+
+    Returns:
+        the rule and the validation table (one row per class and candidate volume; the
+        class by name).
+    """
+    classes = range(1, trained.num_classes)
+    smallest = smallest_components_mm3((trained.read_label(p) for p in trained.split.train),
+                                       classes)
+    validation = ((p, trained.predict(p, postprocess=False), trained.read_label(p))
+                  for p in trained.split.val)
+    rule, table = choose_small_component_filter(validation, trained.num_classes, smallest)
+    write_text_atomic(trained.run_dir / POSTPROCESSING_FILE, rule.to_json() + "\n")
+    trained.postprocessing = rule
+    logger.info("post-processing chosen on %d validation patients: %s", len(trained.split.val),
+                rule.describe(trained.class_names))
+    return rule, table.assign(**{"class": [trained.class_names[c] for c in table["class"]]})
 
 
 def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = False,
@@ -235,9 +282,11 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
         retrain: train even when a matching finished run exists.
         device: where to put the loaded model.
         init_weights: a state dict to start from when it has to train (fine-tuning, see
-            `train_job.train_from_config`). Its `weights_digest` is saved with the run
+            `training.job.train_from_config`). Its `weights_digest` is saved with the run
             (`INIT_WEIGHTS_FILE`) and is part of what decides reuse: a run fine-tuned
             from other weights (or trained from scratch) is trained again.
+
+    A run without a post-processing rule gets one (`choose_postprocessing`).
     """
     from medseg_helpers.training.job import default_run_dir, train_from_config
 
@@ -249,10 +298,14 @@ def ensure_trained_model(config: TrainConfig | None = None, *, retrain: bool = F
     else:
         logger.info("training %s (no finished run with this recipe in %s)", config.model, run_dir)
         (run_dir / INIT_WEIGHTS_FILE).unlink(missing_ok=True)
+        (run_dir / POSTPROCESSING_FILE).unlink(missing_ok=True)
         train_from_config(config.updated(resume=False), init_weights=init_weights)
         if digest is not None:
             write_text_atomic(run_dir / INIT_WEIGHTS_FILE, digest + "\n")
-    return load_trained_model(run_dir, device=device)
+    trained = load_trained_model(run_dir, device=device)
+    if not (run_dir / POSTPROCESSING_FILE).is_file() and trained.split.val:
+        choose_postprocessing(trained)
+    return trained
 
 
 def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
