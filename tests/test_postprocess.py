@@ -103,7 +103,7 @@ def test_float_maps_are_rejected() -> None:
         keep_largest_component(np.zeros((2, 2)))
 
 
-# ------------------------------------------------------------- small components, chosen on validation
+# ---------------------------------------------- small components, chosen on validation
 def _volume(array: np.ndarray, spacing_mm=(1.0, 1.0, 1.0)) -> Volume:
     return Volume(np.asarray(array, dtype=np.uint8), spacing_mm=spacing_mm)
 

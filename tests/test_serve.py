@@ -35,6 +35,7 @@ from medseg_helpers.deploy.serve import create_app  # noqa: E402
 from medseg_helpers.deploy.service_metrics import ServiceMetrics  # noqa: E402
 from medseg_helpers.deploy.uploads import sniff_format  # noqa: E402
 from medseg_helpers.networks.unet import UNet  # noqa: E402
+from medseg_helpers.transforms.postprocess import SmallComponentFilter  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
@@ -313,3 +314,21 @@ def test_a_2d_model_needs_the_slicing_axis(tmp_path):
                        preprocessing=Preprocessing("zscore", {}, None, axis=None))
     with pytest.raises(ValueError, match="must name the axis"):
         VolumeSegmenter(path, num_classes=3)
+
+
+def test_the_segmenter_applies_the_post_processing_rule_the_file_carries(tmp_path):
+    model = UNet(2, 1, 2, base_channels=4, depth=2).eval()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.0, 50.0]))  # class 1 everywhere
+    example = torch.randn(1, 1, 16, 16)
+    plain = export_onnx(model, example, tmp_path / "plain.onnx", preprocessing=ZSCORE_AXIAL)
+    rule = SmallComponentFilter({1: 1e12})  # every class-1 component is "too small"
+    ruled = export_onnx(model, example, tmp_path / "ruled.onnx", preprocessing=ZSCORE_AXIAL,
+                        postprocessing=rule)
+    scan = Volume(_scan(shape=(20, 18, 6)).transpose(2, 1, 0))
+    without = VolumeSegmenter(plain, num_classes=2)
+    assert without.postprocessing == SmallComponentFilter()  # no rule stored: none applied
+    assert (without.segment(scan).array == 1).all()
+    with_rule = VolumeSegmenter(ruled, num_classes=2)
+    assert with_rule.postprocessing == rule
+    assert (with_rule.segment(scan).array == 0).all()

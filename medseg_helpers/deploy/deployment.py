@@ -159,7 +159,8 @@ def choose_deployment(trained: TrainedModel, out_path: PathLike, *,
     with tempfile.TemporaryDirectory(prefix="medseg-best-") as tmp:
         files = {"fp32": Path(tmp) / "fp32.onnx", "int8": Path(tmp) / "int8.onnx"}
         with quiet_exporters():
-            export_onnx(model, example_input(trained), files["fp32"], preprocessing=preprocessing)
+            export_onnx(model, example_input(trained), files["fp32"], preprocessing=preprocessing,
+                        postprocessing=trained.postprocessing)
         if any(c.file == "int8" for c in choices):
             export_int8(trained, files["int8"])
         variants = {"eager": model, **{c.name: ExportedVariant(files[c.file], c.runtime,

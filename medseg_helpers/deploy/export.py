@@ -20,6 +20,8 @@ Each exporter takes the model's input preprocessing (`deploy.preprocessing.Prepr
 from the training cache's settings) and stores it in the file: ONNX ``metadata_props``
 ``medseg.preprocessing``, or an extra file of that name in the ``.pt2``/``.pt`` archive
 (`deploy.preprocessing.read_preprocessing` reads either). The service refuses a model without it.
+`export_onnx` also stores the model's post-processing rule when given (``medseg.postprocessing``),
+which `deploy.segmenter.VolumeSegmenter` applies to every label map it returns.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from medseg_helpers.deploy.preprocessing import METADATA_KEY, Preprocessing
+from medseg_helpers.deploy.preprocessing import METADATA_KEY, POSTPROCESSING_KEY, Preprocessing
 from medseg_helpers.deploy.runtime import load_exported
 from medseg_helpers.fileutil import atomic_path
+from medseg_helpers.transforms.postprocess import SmallComponentFilter
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ def _extra_files(preprocessing: Preprocessing | None) -> dict[str, str]:
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
                 dynamic_batch: bool = True, dynamic_spatial: bool = True,
                 opset: int = DEFAULT_OPSET, *,
-                preprocessing: Preprocessing | None = None) -> Path:
+                preprocessing: Preprocessing | None = None,
+                postprocessing: SmallComponentFilter | None = None) -> Path:
     """Export ``model`` to one self-contained ONNX file with the ``torch.export`` exporter.
 
     The legacy TorchScript-based exporter (``dynamo=False``) raises a ``DeprecationWarning``
@@ -93,7 +97,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
 
     Metadata ``medseg.size_multiple`` (the model's ``size_multiple``, 1 if it has none) and
     ``medseg.spatial_dims`` are stored for `OnnxSegmenter`, and ``medseg.preprocessing``
-    (JSON of ``preprocessing``) when given.
+    and ``medseg.postprocessing`` (JSON of ``preprocessing`` and ``postprocessing``) when
+    given.
 
     Args:
         model: network mapping ``(B, C, *S)`` float32 to logits ``(B, K, *S)``; put in eval
@@ -107,6 +112,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
         opset: ONNX opset version.
         preprocessing: how the model's inputs were prepared in training (required by the
             service, `deploy.serve`); None stores nothing.
+        postprocessing: the rule applied to the model's label maps (`TrainedModel`'s
+            ``postprocessing``); None stores nothing (no rule).
 
     Returns:
         ``path`` as a `Path`.
@@ -127,7 +134,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike,
             verbose=False)
         proto = onnx.load(str(tmp))
         meta = {"medseg.size_multiple": str(getattr(model, "size_multiple", 1)),
-                "medseg.spatial_dims": str(example.ndim - 2), **_extra_files(preprocessing)}
+                "medseg.spatial_dims": str(example.ndim - 2), **_extra_files(preprocessing),
+                **({} if postprocessing is None else
+                   {POSTPROCESSING_KEY: postprocessing.to_json()})}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

@@ -9,6 +9,10 @@ JSON under `METADATA_KEY`: an ONNX ``metadata_props`` entry, or an extra file in
 ``.pt2`` (``torch.export``) or ``.pt`` (TorchScript) archive; `read_preprocessing` reads
 it back and the service (`deploy.serve`) applies it with `Preprocessing.apply`, the same
 steps and functions as `data.case_cache.prepare_case`, so served and training inputs agree.
+
+The model's post-processing rule (`transforms.postprocess.SmallComponentFilter`, chosen on
+validation patients with the course model) travels the same way in ONNX files, under
+`POSTPROCESSING_KEY`; `postprocessing_from_metadata` reads it (none stored: no rule).
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ import SimpleITK as sitk
 
 from medseg_helpers.data.case_cache import prepare_image, preprocessing_settings
 from medseg_helpers.data.volume import Volume
+from medseg_helpers.transforms.postprocess import SmallComponentFilter
 
 PathLike = str | os.PathLike
 #: ONNX ``metadata_props`` key, and the name of the extra file in ``.pt2``/``.pt`` archives.
 METADATA_KEY = "medseg.preprocessing"
+#: ONNX ``metadata_props`` key of the model's post-processing rule (JSON).
+POSTPROCESSING_KEY = "medseg.postprocessing"
 
 
 class MissingPreprocessingError(ValueError):
@@ -151,6 +158,18 @@ def preprocessing_from_metadata(metadata: Mapping[str, str], source: PathLike
             "preprocessing is unknown: re-export it with preprocessing="
             "Preprocessing.from_settings(cache.settings) (or `medseg export`)")
     return Preprocessing.from_json(metadata[METADATA_KEY])
+
+
+def postprocessing_from_metadata(metadata: Mapping[str, str]) -> SmallComponentFilter:
+    """The post-processing rule in an exported model's metadata map; an empty rule (no
+    change) when the file carries none.
+
+    Raises:
+        ValueError: a malformed entry.
+    """
+    if POSTPROCESSING_KEY not in metadata:
+        return SmallComponentFilter()
+    return SmallComponentFilter.from_json(metadata[POSTPROCESSING_KEY])
 
 
 def read_preprocessing(path: PathLike) -> Preprocessing:

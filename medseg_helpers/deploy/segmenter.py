@@ -22,7 +22,10 @@ import torch
 
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.deploy.deployment import load_deployment
-from medseg_helpers.deploy.preprocessing import preprocessing_from_metadata
+from medseg_helpers.deploy.preprocessing import (
+    postprocessing_from_metadata,
+    preprocessing_from_metadata,
+)
 from medseg_helpers.inferers import Model, SlidingWindowInferer, predict_logits
 
 __all__ = ["VolumeSegmenter"]
@@ -36,7 +39,8 @@ class VolumeSegmenter:
     The file's own `deploy.preprocessing.Preprocessing` (stored by the exporters) prepares
     the scan with the training cache's functions; `inferers.predict_logits` runs the
     model over it (slices cut along the training axis for a 2D model) in the runtime that
-    `load_deployment` opens; the argmax goes back to the scan's grid.
+    `load_deployment` opens; the argmax goes back to the scan's grid, where the file's
+    post-processing rule, if it carries one, is applied (as `TrainedModel.predict` does).
 
     Args:
         model_path: ``.onnx`` from `medseg_helpers.deploy.export.export_onnx` with
@@ -56,6 +60,7 @@ class VolumeSegmenter:
 
     Attributes:
         runner: the model in its runtime (`runtime.ExportedSegmenter`).
+        postprocessing: the file's rule (`SmallComponentFilter`; empty when it has none).
         in_channels: the model's input channels (None if the graph leaves it dynamic).
 
     Raises:
@@ -71,6 +76,7 @@ class VolumeSegmenter:
                  voxels_per_call: int = 2**18) -> None:
         self.runner = load_deployment(model_path, num_threads=num_threads)
         self.preprocessing = preprocessing_from_metadata(self.runner.metadata, model_path)
+        self.postprocessing = postprocessing_from_metadata(self.runner.metadata)
         input_shape = self.runner.input_shape
         rank = len(input_shape)
         self.in_channels = input_shape[1] if isinstance(input_shape[1], int) else None
@@ -133,4 +139,4 @@ class VolumeSegmenter:
             labels = predict_logits(self.runner, volume, 3, roi_size=window, batch_size=per_call,
                                     device="cpu").argmax(0).to(torch.uint8)
         pred = prepared.with_array(labels.numpy())
-        return self.preprocessing.to_source_grid(pred, image)
+        return self.postprocessing.apply(self.preprocessing.to_source_grid(pred, image))

@@ -158,7 +158,8 @@ def export_trained_model(trained: TrainedModel, fmt: str, out_path: PathLike, *,
             differ (``passed`` then says whether >= 99 % of voxels keep their class).
 
     The file carries ``Preprocessing.from_settings(trained.cache.settings)``, what
-    `medseg_helpers.deploy.serve` applies to uploads.
+    `medseg_helpers.deploy.serve` applies to uploads; ONNX files (``onnx``, ``int8``) also
+    carry the model's post-processing rule (``trained.postprocessing``).
 
     Returns:
         ``{"format", "path", "size_mb", "seconds", "max_abs_diff", "mean_abs_diff",
@@ -176,7 +177,8 @@ def export_trained_model(trained: TrainedModel, fmt: str, out_path: PathLike, *,
     start = time.perf_counter()
     with quiet_exporters():
         if fmt == "onnx":
-            export_onnx(model, example, out_path, preprocessing=preprocessing)
+            export_onnx(model, example, out_path, preprocessing=preprocessing,
+                        postprocessing=trained.postprocessing)
         elif fmt == "program":
             export_program(model, example, out_path, preprocessing=preprocessing)
         elif fmt == "torchscript":
@@ -200,7 +202,8 @@ def export_int8(trained: TrainedModel, out_path: PathLike, *, calibration_count:
     operator of the U-Net is left in float between int8 ones.
 
     Returns:
-        ``out_path`` as a `Path` (carrying the model's preprocessing, like `export_onnx`).
+        ``out_path`` as a `Path` (carrying the model's preprocessing and post-processing
+        rule, like `export_onnx`).
     """
     model = trained.model.cpu().eval()
     if pixel_shuffle:
@@ -208,7 +211,7 @@ def export_int8(trained: TrainedModel, out_path: PathLike, *, calibration_count:
     preprocessing = Preprocessing.from_settings(trained.cache.settings)
     with quiet_exporters(), tempfile.TemporaryDirectory(prefix="medseg-int8-") as tmp:
         fp32 = export_onnx(model, example_input(trained), Path(tmp) / "fp32.onnx",
-                           preprocessing=preprocessing)
+                           preprocessing=preprocessing, postprocessing=trained.postprocessing)
         return quantize_onnx_int8(fp32, out_path,
                                   calibration_images(trained, calibration_count),
                                   activation_type=activation_type)
