@@ -162,3 +162,13 @@ def test_choice_keeps_a_volume_only_if_it_raises_validation_dice() -> None:
     # without the strays nothing improves, so nothing is removed
     clean = [("a", _volume(truth_a), _volume(truth_a))]
     assert choose_small_component_filter(clean, 3, {2: 8.0})[0] == SmallComponentFilter()
+
+
+def test_removing_the_only_false_alarms_on_validation_without_the_class_wins() -> None:
+    # neither case has a lesion; one predicts a stray voxel: raw mean lesion Dice 0 (case
+    # b; case a is NaN), and once it is removed no case has a lesion anywhere (NaN: ranked 1)
+    cases = [("a", _volume(_blobs()), _volume(_blobs())),
+             ("b", _volume(_blobs((2, 3, 1))), _volume(_blobs()))]
+    rule, table = choose_small_component_filter(cases, 3, {2: 8.0})
+    assert rule == SmallComponentFilter({2: 2.0})
+    assert table["mean_dice"].iloc[0] == 0.0 and table["mean_dice"].iloc[2:].isna().all()

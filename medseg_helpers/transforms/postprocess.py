@@ -189,7 +189,8 @@ def choose_small_component_filter(
     Each class of ``smallest_mm3`` is tried at ``fraction * smallest_mm3[class]`` for every
     fraction; a candidate wins only if it raises that class's mean Dice over ``cases``
     (NaN, a class absent from prediction and truth, is skipped, so a removed false alarm
-    on a case without the class leaves the mean instead of counting 0). Ties keep the
+    on a case without the class leaves the mean instead of counting 0; a mean that is
+    NaN, no case left with the class in prediction or truth, ranks as 1). Ties keep the
     smaller volume.
 
     Args:
@@ -209,7 +210,9 @@ def choose_small_component_filter(
     for cls, smallest in sorted(smallest_mm3.items()):
         volumes = sorted({0.0, *(float(f) * smallest for f in fractions)})
         scores = [_mean_dice(cases, num_classes, cls, volume) for volume in volumes]
-        best = volumes[int(np.argmax(scores))] if scores[0] < max(scores) else 0.0
+        # NaN: the class is in no prediction and no truth of any case, i.e. full agreement
+        ranked = np.nan_to_num(scores, nan=1.0)
+        best = volumes[int(np.argmax(ranked))] if ranked[0] < ranked.max() else 0.0
         if best > 0:
             chosen[cls] = best
         rows += [{"class": cls, "min_volume_mm3": v, "mean_dice": s, "chosen": v == best}
