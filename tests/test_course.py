@@ -228,3 +228,20 @@ def test_bless_stores_only_checked_outputs_and_keeps_its_run_folder(notebooks, t
     err = capsys.readouterr().err
     assert "01_b" in err and str(tmp_path / "runs" / "course-bless") in err
     assert (tmp_path / "runs" / "course-bless" / "logs" / "01_b.log").exists()  # kept
+
+
+def test_a_partial_run_reports_the_other_notebooks_from_the_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    first = [runner.NotebookResult("00_a", "passed", 3.0, {"x": 1}),
+             runner.NotebookResult("01_b", "passed", 4.0, {"y": 2}),
+             runner.NotebookResult("02_c", "failed", 5.0, error="boom")]
+    runner.write_course_report(first, "smoke", out)
+    rerun = [runner.NotebookResult("01_b", "passed", 6.0, {"y": 3})]
+    merged = runner.with_earlier_results(rerun, out, "smoke", ["00_a", "01_b", "02_c", "03_d"])
+    assert [(r.notebook, r.seconds, r.metrics) for r in merged] == [
+        ("00_a", 3.0, {"x": 1}), ("01_b", 6.0, {"y": 3}), ("02_c", 5.0, {})]
+    assert merged[2].error == "boom"
+    # an earlier run of another profile, or none, adds nothing
+    assert runner.with_earlier_results(rerun, out, "full", ["00_a", "01_b"]) == rerun
+    assert runner.with_earlier_results(rerun, tmp_path / "none", "smoke", ["01_b"]) == rerun

@@ -13,6 +13,7 @@ another machine, so they inform and do not fail the run).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -34,6 +35,8 @@ from medseg_helpers.course.prose import disagreements, linked_numbers, run_metri
 from medseg_helpers.course.report import write_report
 from medseg_helpers.fileutil import to_json_ready, write_text_atomic
 from medseg_helpers.paths import DATA_DIR_ENV_VAR, RUN_DIR_ENV_VAR, get_run_dir, repo_root
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,6 +126,8 @@ def run_course(
         out_dir: run directory; holds ``notebooks/`` (executed copies), ``metrics/``,
             ``metrics.json`` and ``report.md``. Default ``<runs>/course-<profile>``.
         notebooks: stems or prefixes to run (e.g. ``["00", "05_training"]``); all if None.
+            The report still lists the other notebooks, with the results an earlier run
+            of the same profile left in ``out_dir`` (`with_earlier_results`).
         timeout_s: wall-clock limit per notebook; default depends on the profile.
         data_dir: ``MEDSEG_DATA_DIR`` for the notebooks (default: inherited).
         notebook_dir: where the source notebooks are (default ``<repo>/notebooks``).
@@ -148,7 +153,8 @@ def run_course(
     out = Path(out_dir) if out_dir else get_run_dir() / f"course-{profile}"
     out = out.resolve()
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
-    sources = _select(list_notebooks(notebook_dir), notebooks)
+    every_source = list_notebooks(notebook_dir)
+    sources = _select(every_source, notebooks)
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S[profile]
     env = {**os.environ, PROFILE_ENV_VAR: profile, RUN_DIR_ENV_VAR: str(out)}
     if data_dir:
@@ -163,8 +169,36 @@ def run_course(
         results.append(result)
         if on_result:
             on_result(result)
-    write_course_report(results, profile, out)
+    write_course_report(with_earlier_results(results, out, profile,
+                                             [s.stem for s in every_source]), profile, out)
     return results
+
+
+def with_earlier_results(results: Sequence[NotebookResult], out: Path, profile: str,
+                         order: Sequence[str]) -> list[NotebookResult]:
+    """``results`` completed with the earlier results in ``out/metrics.json`` of the
+    notebooks this run skipped, in course ``order``.
+
+    Only a ``metrics.json`` of the same profile counts; a result it holds that this
+    version cannot read (another format) is left out rather than guessed.
+    """
+    try:
+        earlier = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = {}
+    kept = earlier.get("notebooks", {}) if earlier.get("profile") == profile else {}
+    fresh = {r.notebook: r for r in results}
+    merged = []
+    for name in order:
+        if name in fresh:
+            merged.append(fresh[name])
+        elif name in kept:
+            try:
+                merged.append(NotebookResult(**kept[name]))
+            except TypeError:
+                logger.warning("left %s out of the report: its earlier result is unreadable",
+                               name)
+    return merged
 
 
 def _select(sources: list[Path], wanted: Sequence[str] | None) -> list[Path]:
