@@ -245,3 +245,15 @@ def test_a_partial_run_reports_the_other_notebooks_from_the_earlier_run(tmp_path
     # an earlier run of another profile, or none, adds nothing
     assert runner.with_earlier_results(rerun, out, "full", ["00_a", "01_b"]) == rerun
     assert runner.with_earlier_results(rerun, tmp_path / "none", "smoke", ["01_b"]) == rerun
+
+
+def test_the_report_shows_the_course_model_recipe_that_overrides_the_profile(tmp_path):
+    runner.write_course_report([runner.NotebookResult("05_training", "passed", 1.0)], "full",
+                               tmp_path)
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    profile_part, recipe = text.split("## Course model recipe")
+    assert "| max_epochs | 16 |" in profile_part  # the profile's budget...
+    assert "| max_epochs | 10 |" in recipe and "| cpu_bf16 | False |" in recipe  # ...overridden
+    assert "<h2>Course model recipe</h2>" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    summary = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["course_model"]["crop_size"] == [64, 64]

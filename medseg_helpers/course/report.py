@@ -41,6 +41,7 @@ def write_report(
     out: str | Path,
     environment: Mapping[str, str] | None = None,
     profile_settings: Mapping[str, Any] | None = None,
+    course_model: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``report.md`` and ``report.html`` into ``out``.
 
@@ -50,6 +51,8 @@ def write_report(
         out: the run directory (figures are read from ``out/figures``).
         environment: ``{name: version}`` (`device.describe_environment`); shown as a table.
         profile_settings: the profile's budgets (`config.Profile.as_dict`).
+        course_model: the course model's recipe (`training.config.learning_fields` of
+            `course.model.course_model_config`), which overrides some of those budgets.
 
     Returns:
         The path of ``report.md`` (``report.html`` sits next to it).
@@ -63,6 +66,7 @@ def write_report(
         "total_seconds": round(sum(r.seconds for r in results), 1),
         "environment": dict(environment or {}),
         "profile_settings": dict(profile_settings or {}),
+        "course_model": dict(course_model or {}),
         "notebooks": {r.notebook: asdict(r) for r in results},
     })
     write_text_atomic(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
@@ -138,6 +142,8 @@ def render_markdown(results: Sequence[NotebookResult], payload: Mapping, out: Pa
         lines += ["## Environment", "", _md_pairs(payload["environment"]), ""]
     if payload["profile_settings"]:
         lines += ["## Profile", "", _md_pairs(payload["profile_settings"]), ""]
+    if payload["course_model"]:
+        lines += ["## Course model recipe", "", _md_pairs(payload["course_model"]), ""]
     for r in results:
         lines += [f"## {r.notebook}", "", f"{r.status} in {r.seconds:.1f} s", ""]
         if r.error:
@@ -182,7 +188,8 @@ def render_html(results: Sequence[NotebookResult], payload: Mapping, out: Path) 
         f"{payload['total_seconds']:.0f} s · {verdict}</p>",
         _html_summary(results),
     ]
-    for title, key in (("Environment", "environment"), ("Profile", "profile_settings")):
+    for title, key in (("Environment", "environment"), ("Profile", "profile_settings"),
+                       ("Course model recipe", "course_model")):
         if payload[key]:
             parts += [f"<h2>{title}</h2>", _html_pairs(payload[key])]
     for r in results:

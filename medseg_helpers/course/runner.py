@@ -258,7 +258,10 @@ def _last_error(log: str, status: str, timeout_s: float) -> str:
 
 def write_course_report(results: list[NotebookResult], profile: str, out: Path) -> Path:
     """Write ``metrics.json``, ``report.md`` and ``report.html``; return the Markdown path."""
+    from medseg_helpers.course.model import course_model_config
     from medseg_helpers.device import describe_environment
+    from medseg_helpers.training.config import learning_fields
 
     return write_report(results, profile, out, environment=describe_environment(),
-                        profile_settings=profile_defaults(profile).as_dict())
+                        profile_settings=profile_defaults(profile).as_dict(),
+                        course_model=learning_fields(course_model_config(profile)))
