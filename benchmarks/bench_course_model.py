@@ -82,10 +82,10 @@ def train_and_test(recipe: str, seed: int, profile: str, data_dir: Path, run_roo
            "best_val_dice": round(metrics["best_val_dice"], 3),
            "last_val_dice": round(metrics["last_val_dice"], 3)}
     row["postprocessing"] = rule.describe(model.class_names)
-    for suffix, postprocess in (("", False), ("_post", True)):
-        table = evaluate_cases(((p, model.predict(p, postprocess=postprocess),
-                                 model.read_label(p)) for p in model.split.test),
-                               model.class_names)
+    raw = {p: model.predict(p, postprocess=False) for p in model.split.test}  # one pass
+    for suffix, postprocess in (("", lambda v: v), ("_post", rule.apply)):
+        table = evaluate_cases(((p, postprocess(raw[p]), model.read_label(p))
+                                for p in model.split.test), model.class_names)
         per_class = table.groupby("class", sort=False)["dice"].mean()
         row.update({"test_cases": table["case"].nunique(),
                     f"test_mean{suffix}": round(float(per_class.mean()), 3),

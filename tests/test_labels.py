@@ -116,3 +116,12 @@ def test_remove_small_components_connects_diagonals_by_default():
                                   [[0, 0, 1, 1], [0, 0, 0, 1]])
     with pytest.raises(ValueError, match="connectivity"):
         lb.remove_small_components(label, min_voxels=2, connectivity=3)
+
+
+def test_connectivity_structure_is_faces_up_to_corners():
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+    assert np.array_equal(lb.connectivity_structure(2, 1), cross)  # 4 neighbours
+    assert lb.connectivity_structure(2, None).all()  # 8 neighbours, MONAI's default
+    assert lb.connectivity_structure(3, 1).sum() == 7  # centre + 6 faces
+    with pytest.raises(ValueError, match="connectivity must be in"):
+        lb.connectivity_structure(2, 3)

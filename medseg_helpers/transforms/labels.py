@@ -133,7 +133,14 @@ def _classes_to_process(label: np.ndarray, classes: Iterable[int] | None) -> lis
     return [int(c) for c in classes]
 
 
-def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+def connectivity_structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    """The `scipy.ndimage.label` neighbourhood for ``connectivity``: voxels at most this
+    many orthogonal steps apart touch (1: faces; ``ndim``: faces, edges and corners;
+    None: ``ndim``, MONAI's default).
+
+    Raises:
+        ValueError: ``connectivity`` outside ``[1, ndim]``.
+    """
     connectivity = ndim if connectivity is None else connectivity
     if not 1 <= connectivity <= ndim:
         raise ValueError(f"connectivity must be in [1, {ndim}] for {ndim}D; got {connectivity}")
@@ -178,7 +185,7 @@ def remove_small_components(
         if spacing_mm is None:
             raise ValueError("min_volume_mm3 needs spacing_mm (mm per array axis)")
         voxel_mm3 = float(np.prod(check_spacing(spacing_mm, label.ndim)))
-    structure = _structure(label.ndim, connectivity)
+    structure = connectivity_structure(label.ndim, connectivity)
     out = label.copy()
     for cls in _classes_to_process(label, classes):
         components, n = ndimage.label(label == cls, structure=structure)

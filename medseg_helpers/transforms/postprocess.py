@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from medseg_helpers.data.volume import Volume
 from medseg_helpers.metrics.overlap import compute_dice
-from medseg_helpers.transforms.labels import remove_small_components
+from medseg_helpers.transforms.labels import connectivity_structure, remove_small_components
 
 __all__ = ["CANDIDATE_FRACTIONS", "SmallComponentFilter", "choose_small_component_filter",
            "keep_largest_component", "largest_component_mask", "smallest_components_mm3"]
@@ -61,12 +61,8 @@ def largest_component_mask(mask: np.ndarray, connectivity: int | None = None) ->
         with the lowest label in raster order.
     """
     mask = np.asarray(mask).astype(bool)
-    connectivity = mask.ndim if connectivity is None else connectivity
-    if not 1 <= connectivity <= mask.ndim:
-        raise ValueError(f"connectivity must be in [1, {mask.ndim}] for a {mask.ndim}D mask, "
-                         f"got {connectivity}")
-    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
-    components, count = ndimage.label(mask, structure=structure)
+    components, count = ndimage.label(
+        mask, structure=connectivity_structure(mask.ndim, connectivity))
     if count <= 1:
         return mask
     sizes = np.bincount(components.ravel())[1:]
@@ -168,8 +164,7 @@ def smallest_components_mm3(labels: Iterable[Volume], classes: Sequence[int],
     """
     smallest: dict[int, float] = {}
     for label in labels:
-        structure = ndimage.generate_binary_structure(
-            label.array.ndim, label.array.ndim if connectivity is None else connectivity)
+        structure = connectivity_structure(label.array.ndim, connectivity)
         voxel_mm3 = float(np.prod(label.spacing_mm))
         for cls in classes:
             components, count = ndimage.label(label.array == cls, structure=structure)
